@@ -13,7 +13,7 @@ import torch
 from fedrec.data.log import InteractionLog
 from fedrec.model.mf import MatrixFactorization, ModelSpec
 from fedrec.model.objective import Objective
-from fedrec.model.training import TrainSpec, make_optimizer, train_epoch
+from fedrec.model.training import TrainSpec, make_optimizer, make_scheduler, train_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def fit_centralized(
     )
     criterion = objective.criterion()
     optimizer = make_optimizer(model.parameters(), train_spec)
+    scheduler = make_scheduler(optimizer, train_spec)
     for epoch in range(train_spec.epochs):
         started = time.perf_counter()
         loss, _ = train_epoch(
@@ -86,6 +87,8 @@ def fit_centralized(
             criterion,
             generator,
         )
+        if scheduler is not None:
+            scheduler.step()
         logger.info("epoch %d loss %.4f (%.1fs)", epoch + 1, loss, time.perf_counter() - started)
         if on_epoch is not None:
             on_epoch(epoch + 1, loss, model)

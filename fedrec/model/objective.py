@@ -28,7 +28,11 @@ class RegularizedLoss(nn.Module):
         self.l2 = l2
         self.reduction = reduction
 
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``weights`` [B] (default 1) scale each example: 0 marks a padding example, whose
+        gradient is exactly zero, so a step on it adds only DP noise."""
         scores, penalty = outputs[:, :-1], outputs[:, -1]
         if self.explicit:
             per_candidate = (scores - targets).pow(2)
@@ -37,6 +41,8 @@ class RegularizedLoss(nn.Module):
                 scores, targets, reduction="none"
             )
         per_example = per_candidate.mean(1) + self.l2 * penalty
+        if weights is not None:
+            per_example = per_example * weights
         if self.reduction == "none":
             return per_example
         if self.reduction == "sum":

@@ -11,6 +11,7 @@ from torch import nn
 from fedrec.model.objective import Objective
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -28,10 +29,16 @@ class TrainSpec:
     weight_decay: float = 0.0
     l2: float = 0.0
     num_negatives: int = 4
+    lr_schedule: str = "constant"  # cosine: decay to 0 over the epochs (lands on a minimum,
+    # where a constant rate leaves the last epoch wherever Adam's oscillation happens to be)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer='{self.optimizer}'; accepted: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule='{self.lr_schedule}'; accepted: {', '.join(LR_SCHEDULES)}"
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
@@ -46,6 +53,15 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: TrainSpec) -> torch.opt
     return OPTIMIZERS[spec.optimizer](params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, spec: TrainSpec
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Stepped once per epoch; None for a constant rate."""
+    if spec.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs)
+    return None
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -57,14 +73,20 @@ def train_epoch(
     """One pass over ``batches`` of (users, items, ratings). Returns (mean loss, steps taken).
 
     ``criterion`` is passed in rather than built here because Opacus' ghost clipping replaces it
-    with a wrapper that must see every loss.
+    with a wrapper that must see every loss. An empty batch (Poisson sampling can draw nobody)
+    still takes its step, on one zero-weight padding example: the privacy accountant counts
+    every step, and DP-SGD adds its noise to it whether or not anyone was sampled.
     """
     model.train()
     total, steps = 0.0, 0
     for users, items, ratings in batches:
+        weights = None
+        if len(users) == 0:
+            users, items = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            ratings, weights = torch.zeros(1), torch.zeros(1)
         candidates, targets = objective.inputs_and_targets(items, ratings, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(users, candidates, with_penalty=True), targets)
+        loss = criterion(model(users, candidates, with_penalty=True), targets, weights)
         loss.backward()
         optimizer.step()
         total += float(loss.item())
