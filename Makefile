@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: setup
-	$(PY) -m fedrec.cli train $(ARGS)
+	$(PY) -m fedrec.cli simulate $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -30,7 +30,7 @@ def command_line() -> str:
 
 def append_results(title: str, body: str) -> None:
     """Append one dated section to benchmarks/RESULTS.md (newest last)."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"\n## {title} — {stamp}\n\n"
         f"- command: `{command_line()}`\n- machine: {machine()}\n\n{body.rstrip()}\n"

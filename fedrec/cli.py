@@ -29,8 +29,15 @@ def _train_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
     return TrainJobConfig, run_train, "ndcg@10"
 
 
+def _simulate_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
+    from fedrec.jobs.simulate import SimulateJobConfig, run_simulate
+
+    return SimulateJobConfig, run_simulate, "ndcg@10"
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[..., dict[str, float]], str]]]] = {
     "train": ("centralized, non-private MF reference", _train_job),
+    "simulate": ("federated (DP-)MF, one Flower client per user", _simulate_job),
 }
 
 

@@ -11,21 +11,28 @@ import pytest
 
 from fedrec.cli import compose, config_dir
 
-GROUPS = ["dataset", "model", "training", "eval"]
+GROUPS = {
+    "train": ["dataset", "model", "training", "eval"],
+    "simulate": ["dataset", "model", "privacy", "federation", "strategy", "eval"],
+}
 
 
-@pytest.mark.parametrize(
-    "override",
-    [
-        f"{group}={path.stem}"
-        for group in GROUPS
-        for path in sorted((config_dir() / group).glob("*.yaml"))
-    ]
-    + [f"+experiment={p.stem}" for p in sorted((config_dir() / "experiment").glob("*.yaml"))],
-)
-def test_every_config_composes_into_the_typed_schema(override):
-    cfg = compose("train", [override])
-    assert cfg.dataset.name and cfg.training.epochs >= 1
+def _overrides():
+    for command, groups in GROUPS.items():
+        for group in groups:
+            for path in sorted((config_dir() / group).glob("*.yaml")):
+                yield command, f"{group}={path.stem}"
+    for path in sorted((config_dir() / "experiment").glob("*.yaml")):
+        yield (
+            "simulate" if "federated" in path.stem or "dp" in path.stem else "train",
+            f"+experiment={path.stem}",
+        )
+
+
+@pytest.mark.parametrize(("command", "override"), list(_overrides()))
+def test_every_config_composes_into_the_typed_schema(command, override):
+    cfg = compose(command, [override])
+    assert cfg.dataset.name and cfg.model.embedding_dim >= 1
 
 
 def test_a_typo_in_a_key_is_an_error():
@@ -63,3 +70,37 @@ def test_bad_input_exits_with_a_message_not_a_traceback(tmp_path):
 def test_usage_lists_the_commands():
     done = subprocess.run([sys.executable, "-m", "fedrec.cli"], capture_output=True, text=True)
     assert "train" in done.stdout and Path(str(config_dir())).name in done.stdout
+
+
+def test_multirun_sweeps(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.cli",
+            "train",
+            "-m",
+            "training.epochs=1,2",
+            f"hydra.sweep.dir={tmp_path}",
+            "eval_every_epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    summaries = sorted(tmp_path.glob("*/summary.json"))
+    assert len(summaries) == 2
+    epochs = [len((p.parent / "metrics.csv").read_text().splitlines()) - 1 for p in summaries]
+    assert epochs == [1, 2]
+
+
+def test_client_library_imports_no_server_ray_or_hydra():
+    code = (
+        "import sys, fedrec.client, fedrec.client.app\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'hydra', 'omegaconf')"
+        " or m.startswith('fedrec.server') or m.startswith('flwr.simulation')]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

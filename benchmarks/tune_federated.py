@@ -1,0 +1,116 @@
+"""In-process FedAvg with the real train_round/evaluate_user, to tune quickly (no Flower).
+
+Usage: ``python benchmarks/tune_federated.py "dict(rounds=20, lr=0.01, server_lr=400.0)"``
+
+Keys: any field of ``LocalTrainingSpec`` (local_epochs, batch_size, lr, optimizer, l2,
+num_negatives), plus
+
+- ``rounds``, ``frac`` (share of clients sampled per round), ``server_lr`` (the server applies
+  ``items += server_lr * mean(client deltas)``: FedAvg with a server learning rate);
+- ``decay``: None, or "cosine" / "cosine-server" / "cosine-local": in round r (1..R) scale
+  both (or only the server / only the local) learning rate by ``0.5 * (1 + cos(pi*(r-1)/R))``;
+- ``dim``, ``std`` (initial embedding std), ``noise`` (None = no DP, else DP-SGD's noise
+  multiplier), ``refit`` (evaluation-time refit epochs);
+- ``every`` (evaluate every that many rounds; always at the last), ``val`` (True: score on a
+  validation split carving each user's latest training item, ``make_split(split.train,
+  "leave_one_out", seed=0)``, for choosing without looking at the test items).
+
+Every client trains with ``train_round``; the server only sees the average of their deltas.
+"""
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from fedrec.client.data_source import SplitUserSource
+from fedrec.client.trainer import (
+    DeviceState,
+    LocalEvalSpec,
+    LocalTrainingSpec,
+    evaluate_user,
+    train_round,
+)
+from fedrec.data import DatasetSpec, load_split, make_split
+from fedrec.eval import average_over_users
+from fedrec.model import ModelSpec
+from fedrec.model.mf import MatrixFactorization
+from fedrec.privacy import PrivacySpec
+
+torch.set_num_threads(1)
+SHOWN = ("ndcg@10", "recall@20", "sampled_hr@10")
+
+
+def main(kw: dict) -> None:
+    rounds, server_lr = kw.pop("rounds", 20), kw.pop("server_lr", 1.0)
+    frac, every = kw.pop("frac", 1.0), kw.pop("every", 5)
+    dim, std, noise = kw.pop("dim", 64), kw.pop("std", 0.1), kw.pop("noise", None)
+    refit, decay, val = kw.pop("refit", 0), kw.pop("decay", None), kw.pop("val", False)
+    if decay not in (None, "cosine", "cosine-server", "cosine-local"):
+        raise ValueError(f"decay={decay!r}")
+    split = load_split(DatasetSpec(name="movielens_100k"))
+    if val:
+        split = make_split(split.train, "leave_one_out", seed=0)
+    users = np.arange(split.train.num_users)
+    source = SplitUserSource(split, users)
+    datas = [source.local_data({"partition-id": p})[1] for p in range(len(users))]
+    model_spec = ModelSpec(dim, std)
+    base = LocalTrainingSpec(**kw)
+    privacy = (
+        PrivacySpec(mode="record", noise_multiplier=noise) if noise is not None else PrivacySpec()
+    )
+    generator = torch.Generator().manual_seed(0)
+    items = MatrixFactorization(
+        1, split.train.num_items, dim, init_std=std, generator=generator
+    ).item_state()
+    states = [DeviceState() for _ in users]
+    rng = np.random.default_rng(0)
+    start = time.time()
+    for r in range(1, rounds + 1):
+        scale = 0.5 * (1 + math.cos(math.pi * (r - 1) / rounds)) if decay else 1.0
+        local_scale = scale if decay in ("cosine", "cosine-local") else 1.0
+        server_scale = scale if decay in ("cosine", "cosine-server") else 1.0
+        training = LocalTrainingSpec(**(vars(base) | {"lr": base.lr * local_scale}))
+        chosen = rng.choice(len(users), int(frac * len(users)), replace=False)
+        deltas = {k: np.zeros_like(v) for k, v in items.items()}
+        eps = 0.0
+        for p in chosen:
+            res = train_round(
+                items,
+                datas[p],
+                states[p],
+                model_spec=model_spec,
+                training=training,
+                privacy=privacy,
+                explicit=False,
+                seed=int(r * 10000 + p),
+            )
+            states[p] = res.state
+            eps = max(eps, res.epsilon)
+            for k in deltas:
+                deltas[k] += res.item_update[k]
+        step = server_lr * server_scale / len(chosen)
+        items = {k: items[k] + step * deltas[k] for k in items}
+        if r % every == 0 or r == rounds:
+            spec = LocalEvalSpec(refit_epochs=refit)
+            metrics = average_over_users(
+                evaluate_user(
+                    items,
+                    d,
+                    s,
+                    model_spec=model_spec,
+                    eval_spec=spec,
+                    explicit=False,
+                    num_negatives=4,
+                    seed=0,
+                )
+                for d, s in zip(datas, states, strict=True)
+            )
+            shown = {k: round(v, 4) for k, v in metrics.items() if k in SHOWN}
+            print(r, shown, "eps", round(eps, 2), f"{time.time() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(eval(sys.argv[1]))  # a trusted dict literal from the command line

@@ -1,0 +1,72 @@
+"""The fedrec ServerApp and ClientApp for Flower's own CLI (``flwr run .``).
+
+``pyproject.toml`` points ``[tool.flwr.app.components]`` here. The run config carries one key,
+``overrides``: hydra overrides of ``configs/simulate.yaml`` (e.g. ``"dataset=ml100k
+federation.rounds=3"``), so ``flwr run`` and ``fedrec simulate`` read the same configs through
+the same function (:func:`fedrec.cli.compose`). The number of SuperNodes must equal the
+federation's number of clients.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.client.app import build_client_app
+from fedrec.client.data_source import SplitUserSource
+from fedrec.client.trainer import LocalData
+from fedrec.run_dir import RunRecorder
+from fedrec.server.app import run_federation
+
+OVERRIDES_KEY = "overrides"
+RUN_DIR_KEY = "run-dir"
+
+
+def _config(run_config: Mapping[str, Any]):
+    from fedrec.cli import compose
+
+    return compose("simulate", shlex.split(str(run_config.get(OVERRIDES_KEY, ""))))
+
+
+class RunConfigSource:
+    """Builds the split a run's config names once per process, then serves nodes from it."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, SplitUserSource] = {}
+
+    def local_data(
+        self, node_config: Mapping[str, Any], run_config: Mapping[str, Any]
+    ) -> tuple[int, LocalData]:
+        key = str(run_config.get(OVERRIDES_KEY, ""))
+        if key not in self._sources:
+            from fedrec.jobs.simulate import prepare_federation
+
+            self._sources[key] = prepare_federation(_config(run_config))[1]
+        return self._sources[key].local_data(node_config, run_config)
+
+
+client_app = build_client_app(RunConfigSource())
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    from fedrec.jobs.simulate import prepare_federation, round_reporter
+
+    cfg = _config(context.run_config)
+    _, _, plan = prepare_federation(cfg)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = Path(str(context.run_config.get(RUN_DIR_KEY) or f"runs/flwr/{stamp}"))
+    recorder = RunRecorder(run_dir)
+
+    def on_finish(arrays: dict[str, np.ndarray]) -> None:
+        np.savez_compressed(run_dir / "item_table.npz", **arrays)
+
+    run_federation(grid, plan, on_round=round_reporter(recorder, plan.rounds), on_finish=on_finish)

@@ -1,0 +1,260 @@
+"""``fedrec simulate``: one Flower client per user on Flower's simulation engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.client.app import build_client_app
+from fedrec.client.data_source import SplitUserSource
+from fedrec.client.messages import RoundSettings
+from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
+from fedrec.data import DatasetSpec, Split, load_split
+from fedrec.eval import EvalSpec
+from fedrec.model import ModelSpec
+from fedrec.privacy import PrivacySpec
+from fedrec.run_dir import RunRecorder
+from fedrec.server.app import ServerPlan, build_server_app
+from fedrec.server.strategy import RoundRecord, StrategySpec
+
+logger = logging.getLogger("fedrec")
+
+WEIGHTINGS = ("uniform", "examples")
+
+
+@dataclass
+class FederationSpec:
+    """Mirrors ``configs/federation/*.yaml``: who takes part, how often, how they train.
+
+    ``num_clients`` 0 means every user of the dataset; ``eval_clients_per_round`` -1 means every
+    client, 0 none. ``weighting``: ``uniform`` (default; a client's log size stays on the device)
+    or ``examples`` (FedAvg by log size, which tells the server each user's count).
+    """
+
+    num_clients: int = 0
+    clients_per_round: int = 20
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    l2: float = 0.0
+    num_negatives: int = 4
+    weighting: str = "uniform"
+    eval_clients_per_round: int = -1
+    refit_epochs: int = 0
+    refit_lr: float = 0.05
+    global_bias_init: float = 0.0
+    eval_every_rounds: int = 1
+    timeout_s: float = 3600.0
+    client_cpus: float = 1.0
+    ray_cpus: int = 0  # 0: all cores
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"federation.weighting='{self.weighting}'; accepted: uniform, examples"
+            )
+        if self.num_clients < 0:
+            raise ValueError(f"federation.num_clients={self.num_clients}; expected >= 0")
+
+
+@dataclass
+class SimulateJobConfig:
+    """The schema of ``configs/simulate.yaml``."""
+
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    federation: FederationSpec = field(default_factory=FederationSpec)
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    seed: int = 0
+
+
+def choose_users(num_users: int, num_clients: int, seed: int) -> np.ndarray:
+    """Every user, or a seeded random subset of ``num_clients`` of them (sorted)."""
+    if num_clients == 0 or num_clients >= num_users:
+        return np.arange(num_users)
+    return np.sort(np.random.default_rng(seed).choice(num_users, num_clients, replace=False))
+
+
+def round_settings(cfg: SimulateJobConfig) -> RoundSettings:
+    fed = cfg.federation
+    return RoundSettings(
+        model=cfg.model,
+        training=LocalTrainingSpec(
+            local_epochs=fed.local_epochs,
+            batch_size=fed.batch_size,
+            lr=fed.lr,
+            optimizer=fed.optimizer,
+            l2=fed.l2,
+            num_negatives=fed.num_negatives,
+        ),
+        privacy=cfg.privacy,
+        evaluation=LocalEvalSpec(
+            full_metrics=list(cfg.eval.full_metrics),
+            sampled_metrics=list(cfg.eval.sampled_metrics),
+            rating_metrics=cfg.eval.rating_metrics,
+            refit_epochs=fed.refit_epochs,
+            refit_lr=fed.refit_lr,
+        ),
+        explicit=cfg.dataset.mode == "explicit",
+        seed=cfg.seed,
+        server_round=0,
+        weight_by_examples=fed.weighting == "examples",
+    )
+
+
+def _progress(record: RoundRecord, rounds: int) -> str:
+    parts = [f"round {record.server_round}/{rounds}"]
+    if record.server_round == 0:
+        parts.append("untrained baseline")
+    else:
+        parts.append(
+            f"{record.accepted}/{record.sampled} updates ({record.failed} failed, "
+            f"{record.rejected} rejected), loss {record.train_loss:.4f}"
+        )
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in record.evaluation.items() if k != "num_users")
+    if shown:
+        parts.append(shown)
+    if record.epsilon_max > 0:
+        parts.append(f"ε max {record.epsilon_max:.3g} (median {record.epsilon_median:.3g})")
+    parts.append(f"{record.seconds:.1f}s")
+    return " | ".join(parts)
+
+
+def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, ServerPlan]:
+    """The split, the per-node data source and the server's plan that a config describes."""
+    split = load_split(cfg.dataset)
+    fed = cfg.federation
+    users = choose_users(split.train.num_users, fed.num_clients, cfg.seed)
+    eval_clients = len(users) if fed.eval_clients_per_round < 0 else fed.eval_clients_per_round
+    plan = ServerPlan(
+        settings=round_settings(cfg),
+        strategy=cfg.strategy,
+        num_items=split.train.num_items,
+        num_clients=len(users),
+        clients_per_round=fed.clients_per_round,
+        eval_clients_per_round=eval_clients,
+        rounds=fed.rounds,
+        seed=cfg.seed,
+        timeout_s=fed.timeout_s,
+        global_bias_init=fed.global_bias_init,
+        eval_every_rounds=fed.eval_every_rounds,
+    )
+    return split, SplitUserSource(split, users), plan
+
+
+def round_reporter(recorder: RunRecorder, rounds: int):
+    """Log a progress line and append the round's row to metrics.csv."""
+
+    def on_round(record: RoundRecord) -> None:
+        recorder.append(record.row())
+        logger.info(_progress(record, rounds))
+
+    return on_round
+
+
+def run_simulate(
+    cfg: SimulateJobConfig, run_dir: str | Path, *, client_mods: Sequence = ()
+) -> dict[str, float]:
+    """Run the federation; return the last round's evaluation metrics (and ε).
+
+    ``client_mods`` are Flower client mods added to every ClientApp (e.g. to audit messages).
+    """
+    from flwr.simulation import run_simulation
+
+    started = time.perf_counter()
+    recorder = RunRecorder(run_dir)
+    split, source, plan = prepare_federation(cfg)
+    fed, users = cfg.federation, source.users
+    logger.info(
+        "federation: %d clients (users), %d per round, %d rounds, %d items; privacy %s",
+        len(users),
+        fed.clients_per_round,
+        fed.rounds,
+        split.train.num_items,
+        cfg.privacy.mode,
+    )
+    finished: dict[str, np.ndarray] = {}
+    server_app = build_server_app(
+        plan, on_round=round_reporter(recorder, fed.rounds), on_finish=finished.update
+    )
+    client_app = build_client_app(source, mods=client_mods)
+    ray_cpus = fed.ray_cpus or os.cpu_count() or 1
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(users),
+        backend_config={
+            "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": ray_cpus,
+                "include_dashboard": False,
+                "_node_ip_address": "127.0.0.1",
+                "log_to_driver": True,
+            },
+        },
+    )
+    if not finished:
+        raise RuntimeError("the federation did not finish; see the log above for the error")
+    np.savez_compressed(Path(run_dir) / "item_table.npz", **finished)
+    last = recorder.rows[-1] if recorder.rows else {}
+    final = {
+        k: v
+        for k, v in last.items()
+        if k
+        in set(cfg.eval.full_metrics)
+        | {f"sampled_{m}" for m in cfg.eval.sampled_metrics}
+        | {"rmse", "mae"}
+    }
+    final |= {
+        "epsilon_max": last.get("epsilon_max", 0.0),
+        "epsilon_median": last.get("epsilon_median", 0.0),
+    }
+    totals = {
+        key: sum(row.get(key, 0) for row in recorder.rows)
+        for key in ("sampled", "accepted", "failed", "rejected")
+    }
+    metric_names = [*final]
+    recorder.plot("server_round", ["train_loss", *metric_names], "federated MF")
+    wall = time.perf_counter() - started
+    recorder.write_summary(
+        {
+            "job": "simulate",
+            "dataset": split.train.source,
+            "data_notes": list(split.train.notes),
+            "num_clients": len(users),
+            "num_items": split.train.num_items,
+            "rounds": fed.rounds,
+            "privacy": {
+                "mode": cfg.privacy.mode,
+                "guarantee": _guarantee(cfg.privacy),
+                "delta": cfg.privacy.delta,
+                "noise_multiplier": cfg.privacy.noise_multiplier,
+                "max_grad_norm": cfg.privacy.max_grad_norm,
+                "accountant": cfg.privacy.accountant,
+            },
+            "final": final,
+            "updates": totals,
+            "wall_time_s": wall,
+            "seconds_per_round": [row["seconds"] for row in recorder.rows],
+        }
+    )
+    return final
+
+
+def _guarantee(privacy: PrivacySpec) -> str:
+    if privacy.mode == "record":
+        return (
+            "record-level: (ε, δ) per user bounds what the released item updates reveal "
+            "about any single interaction in that user's log"
+        )
+    return "none: updates are not differentially private"

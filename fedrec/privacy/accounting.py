@@ -1,0 +1,58 @@
+"""Privacy accounting over a whole run: ε from the full history of DP-SGD steps.
+
+A new Opacus ``PrivacyEngine`` per round starts its accountant at zero, which would report the
+ε of one round. The history ``[(noise_multiplier, sample_rate, steps), ...]`` is therefore kept
+by the client across rounds and every ε is computed from all of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+from opacus.accountants import create_accountant
+from opacus.accountants.accountant import IAccountant
+
+ACCOUNTANTS = ("rdp", "prv")
+PrivacyStep = tuple[float, float, int]  # (noise_multiplier, sample_rate, num_steps)
+
+
+class PrivacyAccountingError(RuntimeError):
+    """ε could not be computed: privacy fails closed, so the client must not train or send."""
+
+
+def new_accountant(name: str, history: Sequence[PrivacyStep] = ()) -> IAccountant:
+    """An Opacus accountant of kind ``name`` that already holds ``history``."""
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"accountant='{name}'; accepted: {', '.join(ACCOUNTANTS)}")
+    accountant = create_accountant(name)
+    accountant.history = [(float(n), float(q), int(s)) for n, q, s in history]
+    return accountant
+
+
+def epsilon_spent(
+    history: Sequence[PrivacyStep], *, delta: float, accountant: str = "rdp"
+) -> float:
+    """ε at ``delta`` after every step in ``history`` (0 when nothing was spent)."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta={delta}; expected 0 < delta < 1")
+    if not history:
+        return 0.0
+    if any(n <= 0 for n, _, _ in history):
+        return math.inf  # a step without noise has no finite guarantee
+    key = tuple((float(n), float(q), int(s)) for n, q, s in history)
+    return _cached_epsilon(key, delta, accountant)
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_epsilon(history: tuple[PrivacyStep, ...], delta: float, accountant: str) -> float:
+    """ε is a pure function of (history, δ, accountant). Users with the same log size share a
+    history, so one computation (~0.1 s with RDP) serves all of them in a worker process."""
+    try:
+        epsilon = float(new_accountant(accountant, history).get_epsilon(delta=delta))
+    except Exception as err:  # accountants raise assorted numeric errors
+        raise PrivacyAccountingError(f"could not compute epsilon ({accountant}): {err}") from err
+    if math.isnan(epsilon):
+        raise PrivacyAccountingError(f"{accountant} accountant returned NaN for {history}")
+    return epsilon

@@ -1,0 +1,227 @@
+"""Flower strategies made fit for fedrec: updates are deltas, validated, and every round is counted.
+
+The devices send the *change* of the item side. Before a reply reaches Flower's averaging, the
+mixin below checks it (names, shapes, dtypes, finiteness, optional norm bound) and turns it into
+``current + delta``, the form every FedAvg-family strategy aggregates (FedAdam and FedYogi then
+compute their pseudo-gradient from it). Failures and rejections are counted per round, because
+Flower only logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
+
+from fedrec.client.messages import ARRAYS_KEY, METRICS_KEY
+from fedrec.eval.metrics import average_over_users
+from fedrec.registry import Registry
+from fedrec.server.validation import ExpectedArrays, expected_arrays, rejection_reason
+
+logger = logging.getLogger("fedrec.server")
+
+STRATEGIES: Registry[type] = Registry("strategy")
+STRATEGIES.register("fedavg")(FedAvg)
+STRATEGIES.register("fedadam")(FedAdam)
+STRATEGIES.register("fedyogi")(FedYogi)
+
+
+@dataclass
+class StrategySpec:
+    """Mirrors ``configs/strategy/*.yaml``.
+
+    ``server_lr``: for FedAdam/FedYogi their eta; for FedAvg the factor on the averaged update
+    (1 is plain FedAvg; the number of clients per round turns the mean of the item updates into
+    their sum, the scale at which a centralized epoch would move the item table).
+    """
+
+    name: str = "fedavg"
+    server_lr: float = 1.0
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    max_update_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        STRATEGIES.get(self.name)
+        if not self.server_lr > 0:
+            raise ValueError(f"strategy.server_lr={self.server_lr}; expected > 0")
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round, as the server saw it."""
+
+    server_round: int
+    sampled: int = 0
+    accepted: int = 0
+    failed: int = 0
+    rejected: int = 0
+    train_loss: float = float("nan")
+    evaluation: dict[str, float] = field(default_factory=dict)
+    epsilon_max: float = 0.0
+    epsilon_median: float = 0.0
+    clients_with_epsilon: int = 0
+    seconds: float = 0.0
+
+    def row(self) -> dict[str, float]:
+        flat = {k: v for k, v in self.__dict__.items() if k != "evaluation"}
+        return {**flat, **self.evaluation}
+
+
+RoundCallback = Callable[[RoundRecord], None]
+
+
+class ValidatedDeltaMixin:
+    """Put before a FedAvg-family base: ``class X(ValidatedDeltaMixin, FedAvg)``."""
+
+    def __init__(
+        self,
+        *args,
+        on_round: RoundCallback | None = None,
+        max_update_norm: float | None = None,
+        update_scale: float = 1.0,
+        eval_every_rounds: int = 1,
+        last_round: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_round = on_round
+        self.update_scale = update_scale
+        self.eval_every_rounds = max(1, eval_every_rounds)
+        self.last_round = last_round
+        self.max_update_norm = max_update_norm
+        self.global_arrays: dict[str, np.ndarray] = {}
+        self.expected: ExpectedArrays = {}
+        self.epsilon_by_node: dict[int, float] = {}
+        self.record = RoundRecord(0)
+        self._round_started = time.perf_counter()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._round_started = time.perf_counter()
+        self.global_arrays = {name: array.numpy() for name, array in arrays.items()}
+        self.expected = expected_arrays(self.global_arrays)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.record = RoundRecord(server_round, sampled=len(messages))
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Every ``eval_every_rounds`` rounds, and always in round 0 and the last round."""
+        if server_round % self.eval_every_rounds and server_round != self.last_round:
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        accepted, losses = [], []
+        for reply in replies:
+            if reply.has_error():
+                self.record.failed += 1
+                logger.warning(
+                    "round %d: node %d failed: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
+                continue
+            reason = rejection_reason(reply.content, self.expected, self.max_update_norm)
+            if reason is not None:
+                self.record.rejected += 1
+                logger.warning(
+                    "round %d: rejected the update of node %d: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    reason,
+                )
+                continue
+            metrics = reply.content[METRICS_KEY]
+            if "epsilon" in metrics:
+                self.epsilon_by_node[reply.metadata.src_node_id] = float(metrics["epsilon"])
+            if "train_loss" in metrics:
+                losses.append(float(metrics["train_loss"]))
+            delta = reply.content[ARRAYS_KEY]
+            reply.content[ARRAYS_KEY] = ArrayRecord(
+                {
+                    name: Array(self.global_arrays[name] + self.update_scale * delta[name].numpy())
+                    for name in self.global_arrays
+                }
+            )
+            accepted.append(reply)
+        self.record.accepted = len(accepted)
+        self.record.train_loss = float(np.mean(losses)) if losses else float("nan")
+        if self.epsilon_by_node:
+            spent = list(self.epsilon_by_node.values())
+            self.record.epsilon_max = max(spent)
+            self.record.epsilon_median = statistics.median(spent)
+            self.record.clients_with_epsilon = len(spent)
+        if not accepted:
+            logger.warning("round %d: no acceptable update; the model is unchanged", server_round)
+            return None, None
+        return super().aggregate_train(server_round, accepted)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        per_user = []
+        for reply in replies:
+            if reply.has_error():
+                logger.warning(
+                    "round %d: evaluation failed on node %d: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
+                continue
+            metrics = dict(reply.content[METRICS_KEY])
+            if metrics.pop("evaluated", 0):
+                metrics.pop("num-examples", None)
+                per_user.append(metrics)
+        evaluation = average_over_users(per_user) if per_user else {}
+        if server_round == self.record.server_round:
+            self.record.evaluation = evaluation
+            self.record.seconds = time.perf_counter() - self._round_started
+            if self.on_round is not None:
+                self.on_round(self.record)
+        return MetricRecord(evaluation) if evaluation else None
+
+
+def make_strategy(
+    spec: StrategySpec,
+    *,
+    clients_per_round: int,
+    eval_clients_per_round: int,
+    num_clients: int,
+    rounds: int,
+    eval_every_rounds: int = 1,
+    on_round: RoundCallback | None = None,
+) -> FedAvg:
+    base = STRATEGIES.get(spec.name)
+    validated = type(f"Validated{base.__name__}", (ValidatedDeltaMixin, base), {})
+    options = dict(
+        fraction_train=clients_per_round / num_clients,
+        fraction_evaluate=eval_clients_per_round / num_clients,
+        min_train_nodes=clients_per_round,
+        min_evaluate_nodes=eval_clients_per_round,
+        min_available_nodes=num_clients,
+    )
+    update_scale = 1.0
+    if base is FedAvg:
+        update_scale = spec.server_lr
+    else:
+        options |= dict(eta=spec.server_lr, beta_1=spec.beta_1, beta_2=spec.beta_2, tau=spec.tau)
+    return validated(
+        on_round=on_round,
+        max_update_norm=spec.max_update_norm,
+        update_scale=update_scale,
+        eval_every_rounds=eval_every_rounds,
+        last_round=rounds,
+        **options,
+    )
