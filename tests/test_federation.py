@@ -116,7 +116,13 @@ def test_federation_improves_over_the_untrained_model(plain_run):
     assert all(int(r["accepted"]) == 100 for r in rows[1:])
     assert final["ndcg@10"] == pytest.approx(after)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["updates"] == {"sampled": 400, "accepted": 400, "failed": 0, "rejected": 0}
+    assert summary["updates"] == {
+        "sampled": 400,
+        "accepted": 400,
+        "failed": 0,
+        "rejected": 0,
+        "budget_exhausted": 0,
+    }
     assert (run_dir / "metrics.png").exists() and (run_dir / "item_table.npz").exists()
 
 

@@ -11,6 +11,7 @@ from fedrec.client.data_source import UserDataSource
 from fedrec.client.device_state import load_device_state, store_device_state
 from fedrec.client.messages import (
     ARRAYS_KEY,
+    BUDGET_EXHAUSTED,
     CONFIG_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
@@ -18,6 +19,7 @@ from fedrec.client.messages import (
     user_seed,
 )
 from fedrec.client.trainer import evaluate_user, train_round
+from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
 TRAIN_SEED, EVAL_SEED = 1, 2
 
@@ -35,16 +37,24 @@ def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         settings, arrays = _request(msg)
         user_key, data = source.local_data(dict(context.node_config), dict(context.run_config))
-        result = train_round(
-            arrays,
-            data,
-            load_device_state(context.state),
-            model_spec=settings.model,
-            training=settings.training,
-            privacy=settings.privacy,
-            explicit=settings.explicit,
-            seed=user_seed(settings, user_key, TRAIN_SEED),
-        )
+        state = load_device_state(context.state)
+        try:
+            result = train_round(
+                arrays,
+                data,
+                state,
+                model_spec=settings.model,
+                training=settings.training,
+                privacy=settings.privacy,
+                explicit=settings.explicit,
+                seed=user_seed(settings, user_key, TRAIN_SEED),
+                server_round=settings.server_round,
+            )
+        except PrivacyBudgetExhausted:
+            # The user sits this round out and says so; nothing trained, nothing to send.
+            spent = state.ledger.epsilon if state.ledger else 0.0
+            metrics = {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}
+            return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
         # The state (user embedding, ledger) is saved before the update leaves: a device that
         # drops after this point has still recorded the privacy it spent.
         store_device_state(context.state, result.state)

@@ -5,31 +5,47 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedrec.client.trainer import DeviceState
+from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
 
 USER_RECORD = "fedrec.user"
 LEDGER_RECORD = "fedrec.ledger"
+_COLUMNS = ("server_round", "noise_multiplier", "sample_rate", "steps", "epsilon")
 
 
 def load_device_state(records: RecordDict) -> DeviceState:
     user = records.get(USER_RECORD)
-    ledger = records.get(LEDGER_RECORD)
+    stored = records.get(LEDGER_RECORD)
     user_arrays = None if user is None else {k: v.numpy() for k, v in user.items()}
-    history = []
-    rounds = 0
-    if ledger is not None:
-        history = list(zip(ledger["noise"], ledger["rate"], ledger["steps"], strict=True))
-        rounds = int(ledger["rounds_trained"])
-    return DeviceState(user_arrays, [(float(n), float(q), int(s)) for n, q, s in history], rounds)
+    ledger, rounds = None, 0
+    if stored is not None:
+        rounds = int(stored["rounds_trained"])
+        if stored["accountant"]:
+            columns = [stored[c] for c in _COLUMNS]
+            ledger = PrivacyLedger(
+                str(stored["accountant"]),
+                float(stored["delta"]),
+                [
+                    LedgerEntry(int(r), float(n), float(q), int(s), float(e))
+                    for r, n, q, s, e in zip(*columns, strict=True)
+                ],
+            )
+    return DeviceState(user_arrays, ledger, rounds)
 
 
 def store_device_state(records: RecordDict, state: DeviceState) -> None:
     if state.user_arrays is not None:
         records[USER_RECORD] = ArrayRecord({k: Array(v) for k, v in state.user_arrays.items()})
+    ledger = state.ledger or PrivacyLedger(accountant="", delta=0.5)
+    entries = ledger.entries
     records[LEDGER_RECORD] = ConfigRecord(
         {
-            "noise": [float(n) for n, _, _ in state.privacy_history],
-            "rate": [float(q) for _, q, _ in state.privacy_history],
-            "steps": [int(s) for _, _, s in state.privacy_history],
             "rounds_trained": state.rounds_trained,
+            "accountant": ledger.accountant,
+            "delta": ledger.delta,
+            "server_round": [e.server_round for e in entries],
+            "noise_multiplier": [e.noise_multiplier for e in entries],
+            "sample_rate": [e.sample_rate for e in entries],
+            "steps": [e.steps for e in entries],
+            "epsilon": [e.epsilon for e in entries],
         }
     )

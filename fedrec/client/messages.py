@@ -21,6 +21,7 @@ ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 NUM_EXAMPLES = "num-examples"  # the weight key Flower's strategies average by
+BUDGET_EXHAUSTED = "budget_exhausted"  # a train reply without arrays: the user's ε is spent
 
 
 class RoundRefused(ValueError):
@@ -55,7 +56,8 @@ def round_config(settings: RoundSettings) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section in _SECTIONS:
         for name, value in dataclasses.asdict(getattr(settings, section)).items():
-            flat[f"{section}.{name}"] = value
+            if value is not None:  # a ConfigRecord has no null; absent means the default
+                flat[f"{section}.{name}"] = value
     flat.update(
         {
             "explicit": settings.explicit,

@@ -7,6 +7,7 @@ training loop (``fedrec.model.training.train_epoch``) behind all of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,8 +18,8 @@ from fedrec.eval.metrics import ranking_metrics_for_user, rating_errors_for_user
 from fedrec.model.mf import ITEM_SIDE, USER_SIDE, MatrixFactorization, ModelSpec
 from fedrec.model.objective import Objective
 from fedrec.model.training import OPTIMIZERS, TrainSpec, make_optimizer, train_epoch
-from fedrec.privacy.accounting import PrivacyStep, epsilon_spent
 from fedrec.privacy.dp_sgd import PrivacySpec, make_private
+from fedrec.privacy.ledger import PrivacyLedger
 
 
 @dataclass
@@ -78,7 +79,7 @@ class DeviceState:
     """What a device keeps between rounds: never sent anywhere."""
 
     user_arrays: dict[str, np.ndarray] | None = None
-    privacy_history: list[PrivacyStep] = field(default_factory=list)
+    ledger: PrivacyLedger | None = None  # created by the first DP round
     rounds_trained: int = 0
 
 
@@ -150,13 +151,17 @@ def train_round(
     privacy: PrivacySpec,
     explicit: bool,
     seed: int | None,
+    server_round: int = 0,
 ) -> RoundResult:
     """Local epochs of (DP-)SGD on the whole local model; returns the item-side change.
 
     With ``privacy.mode == "record"`` the round runs on Opacus with Poisson sampling (expected
-    batch ``min(batch_size, n)``), the accountant continues from ``state.privacy_history``, and
-    ε is computed *before* the update is returned: if it cannot be computed, this raises and
-    nothing is released (fail closed).
+    batch ``min(batch_size, n)``) and is charged to the user's :class:`PrivacyLedger`:
+    - before training, a round that would take ε past ``privacy.target_epsilon`` raises
+      :class:`PrivacyBudgetExhausted` (nothing is trained or released);
+    - the accountant continues from the ledger, so ε covers the whole run;
+    - the round is charged, and ε computed, *before* the update is returned: if ε cannot be
+      computed this raises and nothing is released (fail closed).
     """
     if len(data.train_items) == 0:
         raise ValueError("this user has no training interactions")
@@ -176,10 +181,15 @@ def train_round(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     criterion: torch.nn.Module = objective.criterion()
     trained: torch.nn.Module = model
-    history = list(state.privacy_history)
+    ledger = state.ledger
     sample_rate = batch_size / len(dataset)
     private = None
     if privacy.mode == "record":
+        ledger = ledger_for(state, privacy)
+        batches = math.ceil(len(dataset) / batch_size)  # Opacus: rate = 1 / batches per epoch
+        ledger.check_budget(
+            privacy.target_epsilon, privacy.noise_multiplier, 1 / batches, spec.epochs * batches
+        )
         if seed is not None:
             torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
         private = make_private(
@@ -188,7 +198,7 @@ def train_round(
             criterion=criterion,
             loader=loader,
             spec=privacy,
-            history=history,
+            history=ledger.history(),
             noise_generator=generator,
         )
         trained, optimizer, criterion, loader = (
@@ -205,12 +215,39 @@ def train_round(
         steps += epoch_steps
     epsilon = 0.0
     if private is not None:
-        history = private.history
-        epsilon = epsilon_spent(history, delta=privacy.delta, accountant=privacy.accountant)
+        ledger = PrivacyLedger(ledger.accountant, ledger.delta, list(ledger.entries))
+        epsilon = ledger.charge(server_round, privacy.noise_multiplier, sample_rate, steps).epsilon
+        if _merged(ledger.history()) != _merged(private.history):
+            raise RuntimeError("the ledger and Opacus' accountant disagree; nothing is released")
     new_items = model.item_state()
     update = {name: new_items[name] - np.asarray(item_arrays[name]) for name in new_items}
-    new_state = DeviceState(model.user_state(), history, state.rounds_trained + 1)
+    new_state = DeviceState(model.user_state(), ledger, state.rounds_trained + 1)
     return RoundResult(update, new_state, float(np.mean(losses)), steps, sample_rate, epsilon)
+
+
+def ledger_for(state: DeviceState, privacy: PrivacySpec) -> PrivacyLedger:
+    """The user's ledger; a change of δ or accountant mid-run is refused, as it would make the
+    ledger's ε incomparable across rounds."""
+    if state.ledger is None:
+        return PrivacyLedger(privacy.accountant, privacy.delta)
+    if (state.ledger.accountant, state.ledger.delta) != (privacy.accountant, privacy.delta):
+        raise ValueError(
+            f"privacy settings changed mid-run: the ledger uses {state.ledger.accountant} at "
+            f"δ={state.ledger.delta:g}, this round asks for {privacy.accountant} at "
+            f"δ={privacy.delta:g}"
+        )
+    return state.ledger
+
+
+def _merged(history: list) -> list:
+    """Steps with equal consecutive (noise, rate) folded together, as Opacus' accountant does."""
+    merged: list = []
+    for noise, rate, steps in history:
+        if merged and merged[-1][:2] == (float(noise), float(rate)):
+            merged[-1] = (merged[-1][0], merged[-1][1], merged[-1][2] + int(steps))
+        else:
+            merged.append((float(noise), float(rate), int(steps)))
+    return merged
 
 
 @dataclass

@@ -221,7 +221,7 @@ def run_simulate(
     }
     totals = {
         key: sum(row.get(key, 0) for row in recorder.rows)
-        for key in ("sampled", "accepted", "failed", "rejected")
+        for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted")
     }
     metric_names = [*final]
     recorder.plot("server_round", ["train_loss", *metric_names], "federated MF")
@@ -244,6 +244,13 @@ def run_simulate(
             },
             "final": final,
             "updates": totals,
+            "epsilon_per_user": {
+                "min": last.get("epsilon_min", 0.0),
+                "median": last.get("epsilon_median", 0.0),
+                "max": last.get("epsilon_max", 0.0),
+                "users_reporting": last.get("clients_with_epsilon", 0),
+                "budget": cfg.privacy.target_epsilon,
+            },
             "wall_time_s": wall,
             "seconds_per_round": [row["seconds"] for row in recorder.rows],
         }

@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
-from fedrec.client.messages import ARRAYS_KEY, METRICS_KEY
+from fedrec.client.messages import ARRAYS_KEY, BUDGET_EXHAUSTED, METRICS_KEY
 from fedrec.eval.metrics import average_over_users
 from fedrec.registry import Registry
 from fedrec.server.validation import ExpectedArrays, expected_arrays, rejection_reason
@@ -64,8 +64,10 @@ class RoundRecord:
     accepted: int = 0
     failed: int = 0
     rejected: int = 0
+    budget_exhausted: int = 0
     train_loss: float = float("nan")
     evaluation: dict[str, float] = field(default_factory=dict)
+    epsilon_min: float = 0.0
     epsilon_max: float = 0.0
     epsilon_median: float = 0.0
     clients_with_epsilon: int = 0
@@ -134,6 +136,12 @@ class ValidatedDeltaMixin:
                     reply.error.reason,
                 )
                 continue
+            metrics = reply.content.metric_records.get(METRICS_KEY, {})
+            if metrics.get(BUDGET_EXHAUSTED) and not reply.content.array_records:
+                self.record.budget_exhausted += 1
+                spent = float(metrics.get("epsilon", 0.0))
+                self.epsilon_by_node[reply.metadata.src_node_id] = spent
+                continue
             reason = rejection_reason(reply.content, self.expected, self.max_update_norm)
             if reason is not None:
                 self.record.rejected += 1
@@ -161,6 +169,7 @@ class ValidatedDeltaMixin:
         self.record.train_loss = float(np.mean(losses)) if losses else float("nan")
         if self.epsilon_by_node:
             spent = list(self.epsilon_by_node.values())
+            self.record.epsilon_min = min(spent)
             self.record.epsilon_max = max(spent)
             self.record.epsilon_median = statistics.median(spent)
             self.record.clients_with_epsilon = len(spent)
