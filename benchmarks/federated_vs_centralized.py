@@ -12,6 +12,7 @@ and appends a table with each federated metric as a ratio of the centralized one
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ def federated(experiment: str, seed: int, overrides: list[str]) -> tuple[dict, f
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-dp", action="store_true")

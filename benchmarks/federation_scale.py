@@ -13,6 +13,7 @@ the time go.
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import sys
 import tempfile
@@ -27,11 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, markdown_table  # noqa: E402
 
 import fedrec.client.trainer as trainer  # noqa: E402
+import fedrec.privacy.ledger as ledger  # noqa: E402
 from fedrec.cli import compose  # noqa: E402
 from fedrec.jobs.simulate import prepare_federation, round_settings, run_simulate  # noqa: E402
 from fedrec.server.app import initial_item_arrays  # noqa: E402
 
-PHASES = ["local_model", "make_private", "train_epoch", "epsilon_spent"]
+# (module, function) pairs timed by wrapping; epsilon_spent is cached per distinct history.
+PHASES = {
+    "local_model": trainer,
+    "make_private": trainer,
+    "train_epoch": trainer,
+    "epsilon_spent": ledger,
+}
 
 
 def profile(cfg, users: int) -> tuple[dict[str, float], float, int]:
@@ -40,7 +48,7 @@ def profile(cfg, users: int) -> tuple[dict[str, float], float, int]:
     settings = round_settings(cfg)
     items = initial_item_arrays(plan)
     spent: dict[str, float] = defaultdict(float)
-    originals = {name: getattr(trainer, name) for name in PHASES}
+    originals = {name: getattr(module, name) for name, module in PHASES.items()}
 
     def timed(name):
         def wrapper(*args, **kwargs):
@@ -52,8 +60,8 @@ def profile(cfg, users: int) -> tuple[dict[str, float], float, int]:
 
         return wrapper
 
-    for name in PHASES:
-        setattr(trainer, name, timed(name))
+    for name, module in PHASES.items():
+        setattr(module, name, timed(name))
     chosen = np.random.default_rng(0).choice(len(source), users, replace=False)
     sizes = []
     started = time.perf_counter()
@@ -61,12 +69,19 @@ def profile(cfg, users: int) -> tuple[dict[str, float], float, int]:
         for partition in chosen:
             _, data = source.local_data({"partition-id": int(partition)})
             sizes.append(len(data.train_items))
-            trainer.train_round(items, data, trainer.DeviceState(), model_spec=settings.model,
-                                training=settings.training, privacy=settings.privacy,
-                                explicit=False, seed=int(partition))
+            trainer.train_round(
+                items,
+                data,
+                trainer.DeviceState(),
+                model_spec=settings.model,
+                training=settings.training,
+                privacy=settings.privacy,
+                explicit=False,
+                seed=int(partition),
+            )
     finally:
-        for name in PHASES:
-            setattr(trainer, name, originals[name])
+        for name, module in PHASES.items():
+            setattr(module, name, originals[name])
     total = (time.perf_counter() - started) / users
     per_phase = {name: spent[name] / users for name in PHASES}
     per_phase["other (loader, update diff, state)"] = total - sum(per_phase.values())
@@ -74,6 +89,7 @@ def profile(cfg, users: int) -> tuple[dict[str, float], float, int]:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile-users", type=int, default=100)
     parser.add_argument("--override", nargs="*", default=[])
@@ -83,16 +99,19 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = compose("simulate", ["+experiment=synthetic_ml1m_federated_dp", *args.override])
     phases, per_update, median_size = profile(cfg, args.profile_users)
-    rows = [[name, f"{seconds * 1000:.1f}", f"{seconds / per_update:.0%}"]
-            for name, seconds in phases.items()]
+    rows = [
+        [name, f"{seconds * 1000:.1f}", f"{seconds / per_update:.0%}"]
+        for name, seconds in phases.items()
+    ]
     body = (
         f"Synthetic ML-1M shape ({cfg.dataset.options['preset']}), dim "
         f"{cfg.model.embedding_dim}, privacy {cfg.privacy.mode} (σ={cfg.privacy.noise_multiplier},"
-        f" {cfg.privacy.grad_sample_mode} clipping), local epochs {cfg.federation.local_epochs}, "
-        f"batch {cfg.federation.batch_size}.\n\n"
+        f" {cfg.privacy.grad_sample_mode} clipping), local epochs {cfg.federation.local.epochs}, "
+        f"batch {cfg.federation.local.batch_size}.\n\n"
         f"**Per client update, in process** ({args.profile_users} random users, median log "
         f"{median_size} interactions, one thread): {per_update * 1000:.0f} ms\n\n"
-        + markdown_table(["phase", "ms per update", "share"], rows) + "\n"
+        + markdown_table(["phase", "ms per update", "share"], rows)
+        + "\n"
     )
     if not args.skip_run:
         with tempfile.TemporaryDirectory() as run_dir:
@@ -114,7 +133,8 @@ def main() -> None:
             f"{fed.eval_clients_per_round} evaluating per round, {fed.rounds} rounds; completed "
             f"in {wall:.0f} s ({', '.join(per_round)}; round 0 = Ray start-up + baseline "
             f"evaluation: {seconds[0]:.0f} s). Updates: {summary['updates']}. Final: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ".\n"
+            + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+            + ".\n"
             f"Training alone would take ≈ {expected:.0f} s per round on 2 workers at the "
             f"in-process rate; the rest of a round is evaluation plus Flower/Ray messaging.\n"
             f"Peak RSS: driver {peak_mb:.0f} MB, largest child process {children_mb:.0f} MB.\n"

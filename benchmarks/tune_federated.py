@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/tune_federated.py "dict(rounds=20, lr=0.01, server_lr=400.0)"``
 
-Keys: any field of ``LocalTrainingSpec`` (local_epochs, batch_size, lr, optimizer, l2,
+Keys: any field of ``LocalTrainingSpec`` (epochs, batch_size, lr, optimizer, l2,
 num_negatives), plus
 
 - ``rounds``, ``frac`` (share of clients sampled per round), ``server_lr`` (the server applies

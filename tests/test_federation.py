@@ -89,9 +89,9 @@ FEDERATION = [
     "federation.num_clients=100",
     "federation.clients_per_round=100",
     "federation.rounds=4",
-    "federation.local_epochs=2",
-    "federation.optimizer=adam",
-    "federation.lr=0.01",
+    "federation.local.epochs=2",
+    "federation.local.optimizer=adam",
+    "federation.local.lr=0.01",
     "strategy.server_lr=40",
     "federation.ray_cpus=2",
 ]
@@ -156,7 +156,7 @@ def private_run(tmp_path_factory):
         "federation.clients_per_round=8",
         "federation.rounds=3",
         "federation.eval_clients_per_round=0",
-        "federation.batch_size=16",
+        "federation.local.batch_size=16",
         "federation.ray_cpus=2",
     ]
     cfg = compose("simulate", overrides)
@@ -177,13 +177,13 @@ def test_per_client_epsilon_grows_and_matches_opacus(private_run):
         )
         assert [e["round"] for e in rounds] == [1, 2, 3]
         size = len(source.local_data({"partition-id": partition})[1].train_items)
-        batches = math.ceil(size / min(fed.batch_size, size))
+        batches = math.ceil(size / min(fed.local.batch_size, size))
         epsilons = []
         for done, entry in enumerate(rounds, start=1):
-            assert entry["metrics"]["local_steps"] == fed.local_epochs * batches
+            assert entry["metrics"]["local_steps"] == fed.local.epochs * batches
             accountant = RDPAccountant()
             accountant.history = [
-                (privacy.noise_multiplier, 1 / batches, done * fed.local_epochs * batches)
+                (privacy.noise_multiplier, 1 / batches, done * fed.local.epochs * batches)
             ]
             expected = accountant.get_epsilon(delta=privacy.delta)
             assert entry["metrics"]["epsilon"] == pytest.approx(expected, rel=1e-9)

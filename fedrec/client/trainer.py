@@ -26,7 +26,7 @@ from fedrec.privacy.ledger import PrivacyLedger
 class LocalTrainingSpec:
     """How a device trains in one round; sent by the server, checked by the device."""
 
-    local_epochs: int = 1
+    epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
     optimizer: str = "sgd"
@@ -36,8 +36,8 @@ class LocalTrainingSpec:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer='{self.optimizer}'; accepted: {', '.join(OPTIMIZERS)}")
-        if not 1 <= self.local_epochs <= 100:
-            raise ValueError(f"local_epochs={self.local_epochs}; expected 1..100")
+        if not 1 <= self.epochs <= 100:
+            raise ValueError(f"epochs={self.epochs}; expected 1..100")
         if not 1 <= self.batch_size <= 100_000:
             raise ValueError(f"batch_size={self.batch_size}; expected 1..100000")
         if not 0 < self.lr <= 10:
@@ -47,7 +47,7 @@ class LocalTrainingSpec:
 
     def as_train_spec(self) -> TrainSpec:
         return TrainSpec(
-            epochs=self.local_epochs,
+            epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             optimizer=self.optimizer,

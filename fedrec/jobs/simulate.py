@@ -34,18 +34,15 @@ class FederationSpec:
 
     ``num_clients`` 0 means every user of the dataset; ``eval_clients_per_round`` -1 means every
     client, 0 none. ``weighting``: ``uniform`` (default; a client's log size stays on the device)
-    or ``examples`` (FedAvg by log size, which tells the server each user's count).
+    or ``examples`` (FedAvg by log size, which tells the server each user's count). ``local``
+    is how each device trains in a round (``federation.local.epochs``, ``.lr``, ...): the very
+    settings the server sends.
     """
 
     num_clients: int = 0
     clients_per_round: int = 20
     rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    l2: float = 0.0
-    num_negatives: int = 4
+    local: LocalTrainingSpec = field(default_factory=LocalTrainingSpec)
     weighting: str = "uniform"
     eval_clients_per_round: int = -1
     refit_epochs: int = 0
@@ -89,14 +86,7 @@ def round_settings(cfg: SimulateJobConfig) -> RoundSettings:
     fed = cfg.federation
     return RoundSettings(
         model=cfg.model,
-        training=LocalTrainingSpec(
-            local_epochs=fed.local_epochs,
-            batch_size=fed.batch_size,
-            lr=fed.lr,
-            optimizer=fed.optimizer,
-            l2=fed.l2,
-            num_negatives=fed.num_negatives,
-        ),
+        training=fed.local,
         privacy=cfg.privacy,
         evaluation=LocalEvalSpec(
             full_metrics=list(cfg.eval.full_metrics),
