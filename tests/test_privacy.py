@@ -128,3 +128,64 @@ def test_ledger_json_round_trip_and_no_noise_means_no_guarantee():
     assert epsilon_spent([(0.0, 0.1, 10)], delta=1e-5) == float("inf")
     with pytest.raises(ValueError, match="delta"):
         epsilon_spent([(1.0, 0.1, 10)], delta=0)
+
+
+@pytest.mark.parametrize("log_size", [12, 40, 150])
+@pytest.mark.parametrize("target", [1.0, 8.0])
+def test_solved_noise_spends_close_to_but_not_over_the_target(log_size, target):
+    items = np.arange(log_size)
+    privacy = PrivacySpec(
+        mode="record", target_epsilon=target, solve_noise_multiplier=True, planned_rounds=3
+    )
+    state, results = rounds_of(items, 200, privacy, 3, batch_size=16)
+    assert [r.epsilon <= target for r in results] == [True, True, True]
+    assert results[-1].epsilon >= 0.95 * target  # the budget is used, not wasted
+    noise = {e.noise_multiplier for e in state.ledger.entries}
+    assert len(noise) == 1 and noise.pop() > 0
+    # A fourth round would exceed the budget, so the device refuses it.
+    with pytest.raises(PrivacyBudgetExhausted):
+        rounds_of_continue(items, 200, privacy, state)
+
+
+def rounds_of_continue(items, num_items, privacy, state):
+    return train_round(
+        MatrixFactorization(1, num_items, 8).item_state(),
+        LocalData(num_items, items),
+        state,
+        model_spec=ModelSpec(8),
+        training=LocalTrainingSpec(batch_size=16),
+        privacy=privacy,
+        explicit=False,
+        seed=4,
+        server_round=4,
+    )
+
+
+def test_smaller_logs_get_more_noise_for_the_same_budget():
+    privacy = PrivacySpec(
+        mode="record", target_epsilon=4.0, solve_noise_multiplier=True, planned_rounds=2
+    )
+    small = rounds_of(np.arange(10), 200, privacy, 1, batch_size=16)[0].ledger.entries[0]
+    large = rounds_of(np.arange(160), 200, privacy, 1, batch_size=16)[0].ledger.entries[0]
+    assert small.sample_rate > large.sample_rate
+    assert small.noise_multiplier > large.noise_multiplier
+    with pytest.raises(ValueError, match="needs privacy.target_epsilon"):
+        PrivacySpec(mode="record", solve_noise_multiplier=True)
+
+
+def test_the_server_plans_each_users_rounds_from_the_sampling_rate():
+    from fedrec.cli import compose
+    from fedrec.jobs.simulate import prepare_federation
+
+    cfg = compose(
+        "simulate",
+        [
+            "privacy=budget",
+            "federation.num_clients=40",
+            "federation.clients_per_round=10",
+            "federation.rounds=10",
+        ],
+    )
+    _, _, plan = prepare_federation(cfg)
+    assert plan.settings.privacy.planned_rounds == 3  # ceil(10 rounds x 10 / 40)
+    assert plan.settings.privacy.solve_noise_multiplier and cfg.privacy.planned_rounds == 0

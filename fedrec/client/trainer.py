@@ -18,6 +18,7 @@ from fedrec.eval.metrics import ranking_metrics_for_user, rating_errors_for_user
 from fedrec.model.mf import ITEM_SIDE, USER_SIDE, MatrixFactorization, ModelSpec
 from fedrec.model.objective import Objective
 from fedrec.model.training import OPTIMIZERS, TrainSpec, make_optimizer, train_epoch
+from fedrec.privacy.accounting import solve_noise_multiplier
 from fedrec.privacy.dp_sgd import PrivacySpec, make_private
 from fedrec.privacy.ledger import PrivacyLedger
 
@@ -187,8 +188,9 @@ def train_round(
     if privacy.mode == "record":
         ledger = ledger_for(state, privacy)
         batches = math.ceil(len(dataset) / batch_size)  # Opacus: rate = 1 / batches per epoch
+        noise_multiplier = device_noise_multiplier(privacy, batches, spec.epochs)
         ledger.check_budget(
-            privacy.target_epsilon, privacy.noise_multiplier, 1 / batches, spec.epochs * batches
+            privacy.target_epsilon, noise_multiplier, 1 / batches, spec.epochs * batches
         )
         if seed is not None:
             torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
@@ -198,6 +200,7 @@ def train_round(
             criterion=criterion,
             loader=loader,
             spec=privacy,
+            noise_multiplier=noise_multiplier,
             history=ledger.history(),
             noise_generator=generator,
         )
@@ -216,13 +219,30 @@ def train_round(
     epsilon = 0.0
     if private is not None:
         ledger = PrivacyLedger(ledger.accountant, ledger.delta, list(ledger.entries))
-        epsilon = ledger.charge(server_round, privacy.noise_multiplier, sample_rate, steps).epsilon
+        epsilon = ledger.charge(server_round, noise_multiplier, sample_rate, steps).epsilon
         if _merged(ledger.history()) != _merged(private.history):
             raise RuntimeError("the ledger and Opacus' accountant disagree; nothing is released")
     new_items = model.item_state()
     update = {name: new_items[name] - np.asarray(item_arrays[name]) for name in new_items}
     new_state = DeviceState(model.user_state(), ledger, state.rounds_trained + 1)
     return RoundResult(update, new_state, float(np.mean(losses)), steps, sample_rate, epsilon)
+
+
+def device_noise_multiplier(privacy: PrivacySpec, batches: int, epochs: int) -> float:
+    """The configured σ, or the one this device solves for its own sampling rate (1 / batches)
+    so that ``planned_rounds`` rounds of ``epochs`` stay within ``target_epsilon``. Small logs
+    sample at a higher rate and so get more noise: per-user noise, every user within budget."""
+    if not privacy.solve_noise_multiplier:
+        return privacy.noise_multiplier
+    if privacy.planned_rounds < 1:
+        raise ValueError("privacy.solve_noise_multiplier needs privacy.planned_rounds >= 1")
+    return solve_noise_multiplier(
+        privacy.target_epsilon,
+        privacy.delta,
+        1 / batches,
+        privacy.planned_rounds * epochs * batches,
+        privacy.accountant,
+    )
 
 
 def ledger_for(state: DeviceState, privacy: PrivacySpec) -> PrivacyLedger:

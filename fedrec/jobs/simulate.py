@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -126,8 +128,13 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
     fed = cfg.federation
     users = choose_users(split.train.num_users, fed.num_clients, cfg.seed)
     eval_clients = len(users) if fed.eval_clients_per_round < 0 else fed.eval_clients_per_round
+    settings = round_settings(cfg)
+    if settings.privacy.solve_noise_multiplier and not settings.privacy.planned_rounds:
+        # The rounds a user is expected to train in: rounds × their chance of being sampled.
+        expected = math.ceil(fed.rounds * min(fed.clients_per_round, len(users)) / len(users))
+        settings.privacy = dataclasses.replace(settings.privacy, planned_rounds=expected)
     plan = ServerPlan(
-        settings=round_settings(cfg),
+        settings=settings,
         strategy=cfg.strategy,
         num_items=split.train.num_items,
         num_clients=len(users),

@@ -56,3 +56,34 @@ def _cached_epsilon(history: tuple[PrivacyStep, ...], delta: float, accountant: 
     if math.isnan(epsilon):
         raise PrivacyAccountingError(f"{accountant} accountant returned NaN for {history}")
     return epsilon
+
+
+@functools.lru_cache(maxsize=4096)
+def solve_noise_multiplier(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
+    """The smallest noise multiplier whose ε after ``steps`` at ``sample_rate`` is ≤ target.
+
+    Opacus' binary search (tolerance 0.01 in ε, always on the safe side). Cached: devices with
+    equal log sizes ask the same question.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not target_epsilon > 0 or steps < 1 or not 0 < sample_rate <= 1:
+        raise ValueError(
+            f"cannot solve σ for ε={target_epsilon}, steps={steps}, sample_rate={sample_rate}"
+        )
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
+        )
+    except Exception as err:  # opacus raises ValueError when no σ reaches the target
+        raise PrivacyAccountingError(
+            f"no noise multiplier reaches ε={target_epsilon}: {err}"
+        ) from err

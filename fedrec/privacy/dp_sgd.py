@@ -34,6 +34,11 @@ class PrivacySpec:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     target_epsilon: float | None = None  # a user's budget; None: no limit
+    # Solve each device's noise multiplier from target_epsilon instead of using the one above:
+    # the device knows its log size, hence its sampling rate, and picks the smallest σ that
+    # keeps it within budget after planned_rounds rounds (0: the server fills in its estimate).
+    solve_noise_multiplier: bool = False
+    planned_rounds: int = 0
     accountant: str = "rdp"
     grad_sample_mode: str = "ghost"
 
@@ -55,6 +60,10 @@ class PrivacySpec:
             raise ValueError(f"privacy.delta={self.delta}; expected 0 < delta < 1")
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ValueError(f"privacy.target_epsilon={self.target_epsilon}; expected > 0")
+        if self.solve_noise_multiplier and self.target_epsilon is None:
+            raise ValueError("privacy.solve_noise_multiplier needs privacy.target_epsilon")
+        if self.planned_rounds < 0:
+            raise ValueError(f"privacy.planned_rounds={self.planned_rounds}; expected >= 0")
 
 
 @dataclass
@@ -84,6 +93,7 @@ def make_private(
     criterion: nn.Module,
     loader: DataLoader,
     spec: PrivacySpec,
+    noise_multiplier: float,
     history: list[PrivacyStep],
     noise_generator: torch.Generator | None = None,
 ) -> PrivateTraining:
@@ -100,7 +110,7 @@ def make_private(
         optimizer=optimizer,
         criterion=criterion,
         data_loader=loader,
-        noise_multiplier=spec.noise_multiplier,
+        noise_multiplier=noise_multiplier,
         max_grad_norm=spec.max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode=spec.grad_sample_mode,
