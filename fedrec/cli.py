@@ -35,9 +35,16 @@ def _simulate_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
     return SimulateJobConfig, run_simulate, "ndcg@10"
 
 
+def _sweep_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
+    from fedrec.jobs.sweep import SweepJobConfig, run_sweep
+
+    return SweepJobConfig, run_sweep, "ndcg@10"
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[..., dict[str, float]], str]]]] = {
     "train": ("centralized, non-private MF reference", _train_job),
     "simulate": ("federated (DP-)MF, one Flower client per user", _simulate_job),
+    "sweep": ("privacy budget vs accuracy: one federation per (mode, ε, seed)", _sweep_job),
 }
 
 
@@ -57,12 +64,19 @@ def compose(command: str, overrides: list[str] | None = None) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     schema = COMMANDS[command][1]()[0]
     ConfigStore.instance().store(name=f"{command}_schema", node=schema)
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=command):
+    if GlobalHydra.instance().is_initialized():
+        # Inside a running fedrec command (e.g. a sweep composing its runs): same search path.
         cfg = hydra_compose(config_name=command, overrides=list(overrides or []))
+    else:
+        with initialize_config_dir(
+            version_base="1.3", config_dir=str(config_dir()), job_name=command
+        ):
+            cfg = hydra_compose(config_name=command, overrides=list(overrides or []))
     return OmegaConf.to_object(cfg)
 
 

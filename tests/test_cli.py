@@ -40,9 +40,9 @@ def test_a_typo_in_a_key_is_an_error():
         compose("train", ["training.lr_rate=0.1"])
 
 
-def run_cli(tmp_path, *args):
+def run_cli(tmp_path, *args, command="train"):
     return subprocess.run(
-        [sys.executable, "-m", "fedrec.cli", "train", f"hydra.run.dir={tmp_path}", *args],
+        [sys.executable, "-m", "fedrec.cli", command, f"hydra.run.dir={tmp_path}", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -104,3 +104,20 @@ def test_client_library_imports_no_server_ray_or_hydra():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_privacy_sweep_writes_table_and_pareto_plot(tmp_path):
+    tiny = (
+        "simulate_overrides=['federation.num_clients=6','federation.clients_per_round=6',"
+        "'federation.rounds=1','federation.eval_clients_per_round=6','federation.ray_cpus=2']"
+    )
+    done = run_cli(tmp_path, tiny, "epsilons=[2,inf]", "seeds=[0]", command="sweep")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("mode,target_epsilon,seed,epsilon_spent_max")
+    assert len(lines) == 3 and lines[1].startswith("none,inf,0") and lines[2].startswith("record,2")
+    spent = float(lines[2].split(",")[3])
+    assert 0 < spent <= 2  # the budget holds
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| record | 2 |" in table and "| none | inf |" in table
+    assert (tmp_path / "pareto.png").stat().st_size > 5000
