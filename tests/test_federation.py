@@ -200,3 +200,30 @@ def test_malformed_updates_are_dropped_and_rounds_complete(private_run):
     assert final["epsilon_max"] > 0
     table = np.load(run_dir / "item_table.npz")
     assert all(np.isfinite(table[name]).all() for name in table.files)
+
+
+def test_users_at_budget_sit_out_and_the_run_finishes(tmp_path):
+    # Each device solves σ for one planned round; every later round would overspend, so all
+    # four users train in round 1 only and report budget_exhausted in rounds 2 and 3.
+    overrides = [
+        "dataset=ml100k",
+        "privacy=budget",
+        "privacy.target_epsilon=4",
+        "privacy.planned_rounds=1",
+        "federation.num_clients=4",
+        "federation.clients_per_round=4",
+        "federation.rounds=3",
+        "federation.eval_clients_per_round=0",
+        "federation.ray_cpus=2",
+    ]
+    final = run_simulate(compose("simulate", overrides), tmp_path)
+    rows = read_rounds(tmp_path)
+    assert [(int(r["accepted"]), int(r["budget_exhausted"])) for r in rows] == [
+        (4, 0),
+        (0, 4),
+        (0, 4),
+    ]
+    assert 3.5 < final["epsilon_max"] <= 4.0  # spent, within the budget
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["updates"]["budget_exhausted"] == 8 and summary["updates"]["failed"] == 0
+    assert summary["epsilon_per_user"]["budget"] == 4.0

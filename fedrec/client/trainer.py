@@ -218,6 +218,7 @@ def train_round(
         steps += epoch_steps
     epsilon = 0.0
     if private is not None:
+        # Charge a copy: the state passed in stays as it was if anything below raises.
         ledger = PrivacyLedger(ledger.accountant, ledger.delta, list(ledger.entries))
         epsilon = ledger.charge(server_round, noise_multiplier, sample_rate, steps).epsilon
         if _merged(ledger.history()) != _merged(private.history):

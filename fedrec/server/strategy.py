@@ -189,6 +189,14 @@ class ValidatedDeltaMixin:
                     reply.error.reason,
                 )
                 continue
+            if METRICS_KEY not in reply.content.metric_records:
+                logger.warning(
+                    "round %d: evaluation reply of node %d has no '%s' record; ignored",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    METRICS_KEY,
+                )
+                continue
             metrics = dict(reply.content[METRICS_KEY])
             if metrics.pop("evaluated", 0):
                 metrics.pop("num-examples", None)
