@@ -23,10 +23,11 @@ def ml100k_users():
     return split.train.num_items, [split.train.items[groups[u]] for u in range(5)]
 
 
-def rounds_of(items, num_items, privacy, count, batch_size=32):
+def rounds_of(items, num_items, privacy, count, batch_size=32, state=None, first_round=1):
+    """Train ``count`` rounds on one device (continuing from ``state``); (state, results)."""
     item_arrays = MatrixFactorization(1, num_items, 8).item_state()
-    state, results = DeviceState(), []
-    for server_round in range(1, count + 1):
+    state, results = state or DeviceState(), []
+    for server_round in range(first_round, first_round + count):
         result = train_round(
             item_arrays,
             LocalData(num_items, items),
@@ -66,34 +67,16 @@ def test_a_user_at_budget_stops_before_training(ml100k_users):
     privacy = PrivacySpec(mode="record", target_epsilon=budget)
     state, _ = rounds_of(users[1], num_items, privacy, 1)
     with pytest.raises(PrivacyBudgetExhausted, match="past the budget"):
-        train_round(
-            MatrixFactorization(1, num_items, 8).item_state(),
-            LocalData(num_items, users[1]),
-            state,
-            model_spec=ModelSpec(8),
-            training=LocalTrainingSpec(batch_size=32),
-            privacy=privacy,
-            explicit=False,
-            seed=0,
-            server_round=2,
-        )
+        rounds_of(users[1], num_items, privacy, 1, state=state, first_round=2)
     assert len(state.ledger.entries) == 1 and state.ledger.epsilon <= budget
 
 
 def test_changing_delta_mid_run_is_refused(ml100k_users):
     num_items, users = ml100k_users
     state, _ = rounds_of(users[2], num_items, PrivacySpec(mode="record"), 1)
+    changed = PrivacySpec(mode="record", delta=1e-6)
     with pytest.raises(ValueError, match="privacy settings changed mid-run"):
-        train_round(
-            MatrixFactorization(1, num_items, 8).item_state(),
-            LocalData(num_items, users[2]),
-            state,
-            model_spec=ModelSpec(8),
-            training=LocalTrainingSpec(),
-            explicit=False,
-            privacy=PrivacySpec(mode="record", delta=1e-6),
-            seed=0,
-        )
+        rounds_of(users[2], num_items, changed, 1, state=state, first_round=2)
 
 
 def test_device_state_round_trips_through_flower_records(ml100k_users):
@@ -144,21 +127,7 @@ def test_solved_noise_spends_close_to_but_not_over_the_target(log_size, target):
     assert len(noise) == 1 and noise.pop() > 0
     # A fourth round would exceed the budget, so the device refuses it.
     with pytest.raises(PrivacyBudgetExhausted):
-        rounds_of_continue(items, 200, privacy, state)
-
-
-def rounds_of_continue(items, num_items, privacy, state):
-    return train_round(
-        MatrixFactorization(1, num_items, 8).item_state(),
-        LocalData(num_items, items),
-        state,
-        model_spec=ModelSpec(8),
-        training=LocalTrainingSpec(batch_size=16),
-        privacy=privacy,
-        explicit=False,
-        seed=4,
-        server_round=4,
-    )
+        rounds_of(items, 200, privacy, 1, batch_size=16, state=state, first_round=4)
 
 
 def test_smaller_logs_get_more_noise_for_the_same_budget():
