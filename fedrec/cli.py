@@ -87,6 +87,7 @@ def _run_command(command: str) -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from fedrec.data.errors import DataError
+    from fedrec.run_dir import RunRecorder
 
     schema, job, objective = COMMANDS[command][1]()
     ConfigStore.instance().store(name=f"{command}_schema", node=schema)
@@ -99,8 +100,7 @@ def _run_command(command: str) -> None:
             logger.error("invalid config: %s", err)
             sys.exit(2)
         run_dir = HydraConfig.get().runtime.output_dir
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        RunRecorder(run_dir).write_config(OmegaConf.to_yaml(cfg, resolve=True))
         try:
             result = job(typed, run_dir)
         except (DataError, ValueError, FileNotFoundError) as err:

@@ -35,13 +35,13 @@ def load_device_state(records: RecordDict) -> DeviceState:
 def store_device_state(records: RecordDict, state: DeviceState) -> None:
     if state.user_arrays is not None:
         records[USER_RECORD] = ArrayRecord({k: Array(v) for k, v in state.user_arrays.items()})
-    ledger = state.ledger or PrivacyLedger(accountant="", delta=0.5)
-    entries = ledger.entries
+    ledger = state.ledger
+    entries = ledger.entries if ledger else []
     records[LEDGER_RECORD] = ConfigRecord(
         {
             "rounds_trained": state.rounds_trained,
-            "accountant": ledger.accountant,
-            "delta": ledger.delta,
+            "accountant": ledger.accountant if ledger else "",  # "": no DP round yet
+            "delta": ledger.delta if ledger else 0.0,
             "server_round": [e.server_round for e in entries],
             "noise_multiplier": [e.noise_multiplier for e in entries],
             "sample_rate": [e.sample_rate for e in entries],
