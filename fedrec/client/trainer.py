@@ -122,6 +122,7 @@ def local_model(
         explicit=explicit,
         init_std=model_spec.init_std,
         generator=generator,
+        init_item_side=False,
     )
     expected = {name for name in ITEM_SIDE if name in model.state_dict()}
     if set(item_arrays) != expected:
@@ -192,8 +193,6 @@ def train_round(
         ledger.check_budget(
             privacy.target_epsilon, noise_multiplier, 1 / batches, spec.epochs * batches
         )
-        if seed is not None:
-            torch.manual_seed(seed)  # Opacus' Poisson sampler draws from the global generator
         private = make_private(
             model=model,
             optimizer=optimizer,

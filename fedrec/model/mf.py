@@ -39,7 +39,10 @@ class MatrixFactorization(nn.Module):
         init_std: float = 0.1,
         global_mean: float = 0.0,
         generator: torch.Generator | None = None,
+        init_item_side: bool = True,
     ) -> None:
+        """``init_item_side=False`` leaves the item tables at zero for a caller that loads them
+        next (a device receiving the server's table): no random draws are spent on them."""
         super().__init__()
         if num_users < 1 or num_items < 1 or embedding_dim < 1:
             raise ValueError("num_users, num_items and embedding_dim must be >= 1")
@@ -50,8 +53,11 @@ class MatrixFactorization(nn.Module):
         self.user_bias = nn.Embedding(num_users, 1) if explicit else None
         self.global_bias = nn.Embedding(1, 1) if explicit else None
         with torch.no_grad():
-            for table in (self.user_embedding, self.item_embedding):
-                table.weight.normal_(0.0, init_std, generator=generator)
+            self.user_embedding.weight.normal_(0.0, init_std, generator=generator)
+            if init_item_side:
+                self.item_embedding.weight.normal_(0.0, init_std, generator=generator)
+            else:
+                self.item_embedding.weight.zero_()
             self.item_bias.weight.zero_()
             if explicit:
                 self.user_bias.weight.zero_()
