@@ -21,6 +21,7 @@ from fedrec.model.training import OPTIMIZERS, TrainSpec, make_optimizer, train_e
 from fedrec.privacy.accounting import solve_noise_multiplier
 from fedrec.privacy.dp_sgd import PrivacySpec, make_private
 from fedrec.privacy.ledger import PrivacyLedger
+from fedrec.privacy.user_level import clip_update
 
 
 @dataclass
@@ -157,13 +158,17 @@ def train_round(
 ) -> RoundResult:
     """Local epochs of (DP-)SGD on the whole local model; returns the item-side change.
 
-    With ``privacy.mode == "record"`` the round runs on Opacus with Poisson sampling (expected
-    batch ``min(batch_size, n)``) and is charged to the user's :class:`PrivacyLedger`:
+    With record-level privacy (modes ``record``, ``both``) the round runs on Opacus with Poisson
+    sampling (expected batch ``min(batch_size, n)``) and is charged to the user's
+    :class:`PrivacyLedger`:
     - before training, a round that would take ε past ``privacy.target_epsilon`` raises
       :class:`PrivacyBudgetExhausted` (nothing is trained or released);
     - the accountant continues from the ledger, so ε covers the whole run;
     - the round is charged, and ε computed, *before* the update is returned: if ε cannot be
       computed this raises and nothing is released (fail closed).
+
+    With user-level privacy (modes ``user``, ``both``) the returned update is clipped to
+    ``privacy.user_clip_norm`` (the server adds the noise: :mod:`fedrec.privacy.user_level`).
     """
     if len(data.train_items) == 0:
         raise ValueError("this user has no training interactions")
@@ -186,7 +191,7 @@ def train_round(
     ledger = state.ledger
     sample_rate = batch_size / len(dataset)
     private = None
-    if privacy.mode == "record":
+    if privacy.record_level:
         ledger = ledger_for(state, privacy)
         batches = math.ceil(len(dataset) / batch_size)  # Opacus: rate = 1 / batches per epoch
         noise_multiplier = device_noise_multiplier(privacy, batches, spec.epochs)
@@ -224,6 +229,9 @@ def train_round(
             raise RuntimeError("the ledger and Opacus' accountant disagree; nothing is released")
     new_items = model.item_state()
     update = {name: new_items[name] - np.asarray(item_arrays[name]) for name in new_items}
+    if privacy.user_level:
+        # DP-FedAvg: the whole update is bounded here, so nothing unclipped leaves the device.
+        update = clip_update(update, privacy.user_clip_norm)
     new_state = DeviceState(model.user_state(), ledger, state.rounds_trained + 1)
     return RoundResult(update, new_state, float(np.mean(losses)), steps, sample_rate, epsilon)
 

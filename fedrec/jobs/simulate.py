@@ -20,7 +20,8 @@ from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
 from fedrec.data import DatasetSpec, Split, load_split
 from fedrec.eval import EvalSpec
 from fedrec.model import ModelSpec
-from fedrec.privacy import PrivacySpec
+from fedrec.privacy import PRIVACY_MODES, PrivacySpec
+from fedrec.privacy.user_level import plan_user_level
 from fedrec.run_dir import RunRecorder
 from fedrec.server.app import ServerPlan, build_server_app
 from fedrec.server.strategy import RoundRecord, StrategySpec
@@ -118,6 +119,8 @@ def _progress(record: RoundRecord, rounds: int) -> str:
         parts.append(shown)
     if record.epsilon_max > 0:
         parts.append(f"ε max {record.epsilon_max:.3g} (median {record.epsilon_median:.3g})")
+    if record.user_level_epsilon is not None:
+        parts.append(f"user-level ε {record.user_level_epsilon:.3g}")
     parts.append(f"{record.seconds:.1f}s")
     return " | ".join(parts)
 
@@ -133,6 +136,14 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
         # The rounds a user is expected to train in: rounds × their chance of being sampled.
         expected = math.ceil(fed.rounds * min(fed.clients_per_round, len(users)) / len(users))
         settings.privacy = dataclasses.replace(settings.privacy, planned_rounds=expected)
+    user_level = None
+    if settings.privacy.user_level:
+        user_level = plan_user_level(
+            settings.privacy,
+            num_clients=len(users),
+            clients_per_round=fed.clients_per_round,
+            rounds=fed.rounds,
+        )
     plan = ServerPlan(
         settings=settings,
         strategy=cfg.strategy,
@@ -145,6 +156,7 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
         timeout_s=fed.timeout_s,
         global_bias_init=fed.global_bias_init,
         eval_every_rounds=fed.eval_every_rounds,
+        user_level=user_level,
     )
     return split, SplitUserSource(split, users), plan
 
@@ -216,6 +228,8 @@ def run_simulate(
         "epsilon_max": last.get("epsilon_max", 0.0),
         "epsilon_median": last.get("epsilon_median", 0.0),
     }
+    if plan.user_level is not None:
+        final["user_level_epsilon"] = last.get("user_level_epsilon", 0.0)
     totals = {
         key: sum(row.get(key, 0) for row in recorder.rows)
         for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted")
@@ -223,6 +237,27 @@ def run_simulate(
     metric_names = [*final]
     recorder.plot("server_round", ["train_loss", *metric_names], "federated MF")
     wall = time.perf_counter() - started
+    summary_privacy = {}
+    if cfg.privacy.record_level:
+        summary_privacy["epsilon_per_user"] = {
+            "min": last.get("epsilon_min", 0.0),
+            "median": last.get("epsilon_median", 0.0),
+            "max": last.get("epsilon_max", 0.0),
+            "users_reporting": last.get("clients_with_epsilon", 0),
+            "budget": cfg.privacy.target_epsilon,
+        }
+    if plan.user_level is not None:
+        summary_privacy["user_level"] = {
+            "epsilon": final["user_level_epsilon"],
+            "delta": plan.user_level.delta,
+            "noise_multiplier": plan.user_level.noise_multiplier,
+            "clip_norm": plan.user_level.clip_norm,
+            "sample_rate": plan.user_level.sample_rate,
+            "denominator": plan.user_level.expected_clients,
+            "rounds": plan.user_level.rounds,
+            "accountant": plan.user_level.accountant,
+            "budget": cfg.privacy.user_target_epsilon,
+        }
     recorder.write_summary(
         {
             "job": "simulate",
@@ -233,32 +268,23 @@ def run_simulate(
             "rounds": fed.rounds,
             "privacy": {
                 "mode": cfg.privacy.mode,
-                "guarantee": _guarantee(cfg.privacy),
+                "guarantee": PRIVACY_MODES.get(cfg.privacy.mode).guarantee,
                 "delta": cfg.privacy.delta,
-                "noise_multiplier": cfg.privacy.noise_multiplier,
-                "max_grad_norm": cfg.privacy.max_grad_norm,
                 "accountant": cfg.privacy.accountant,
+                **(
+                    {  # DP-SGD's settings, only where DP-SGD runs
+                        "noise_multiplier": cfg.privacy.noise_multiplier,
+                        "max_grad_norm": cfg.privacy.max_grad_norm,
+                    }
+                    if cfg.privacy.record_level
+                    else {}
+                ),
             },
             "final": final,
             "updates": totals,
-            "epsilon_per_user": {
-                "min": last.get("epsilon_min", 0.0),
-                "median": last.get("epsilon_median", 0.0),
-                "max": last.get("epsilon_max", 0.0),
-                "users_reporting": last.get("clients_with_epsilon", 0),
-                "budget": cfg.privacy.target_epsilon,
-            },
+            **summary_privacy,
             "wall_time_s": wall,
             "seconds_per_round": [row["seconds"] for row in recorder.rows],
         }
     )
     return final
-
-
-def _guarantee(privacy: PrivacySpec) -> str:
-    if privacy.mode == "record":
-        return (
-            "record-level: (ε, δ) per user bounds what the released item updates reveal "
-            "about any single interaction in that user's log"
-        )
-    return "none: updates are not differentially private"

@@ -7,12 +7,14 @@ from fedrec.privacy.accounting import (
     epsilon_spent,
     new_accountant,
 )
-from fedrec.privacy.dp_sgd import PRIVACY_MODES, PrivacySpec, PrivateTraining, make_private
+from fedrec.privacy.dp_sgd import PrivacySpec, PrivateTraining, make_private
+from fedrec.privacy.modes import PRIVACY_MODES, PrivacyMode
 
 __all__ = [
     "ACCOUNTANTS",
     "PRIVACY_MODES",
     "PrivacyAccountingError",
+    "PrivacyMode",
     "PrivacySpec",
     "PrivacyStep",
     "PrivateTraining",

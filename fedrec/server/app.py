@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.client.messages import RoundSettings, round_config
 from fedrec.model.mf import MatrixFactorization
+from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.server.strategy import RoundCallback, StrategySpec, make_strategy
 
 logger = logging.getLogger("fedrec.server")
@@ -34,8 +35,14 @@ class ServerPlan:
     timeout_s: float = 3600.0
     global_bias_init: float = 0.0
     eval_every_rounds: int = 1
+    user_level: UserLevelPlan | None = None  # DP-FedAvg (privacy modes user, both)
 
     def __post_init__(self) -> None:
+        if self.user_level is not None and self.settings.weight_by_examples:
+            raise ValueError(
+                "federation.weighting=examples cannot be used with user-level DP: the noise is "
+                "calibrated to one clipped update per user with equal weight"
+            )
         if not 1 <= self.clients_per_round <= self.num_clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round}; expected 1.."
@@ -85,6 +92,8 @@ def run_federation(
         rounds=plan.rounds,
         eval_every_rounds=plan.eval_every_rounds,
         on_round=on_round,
+        user_level=plan.user_level,
+        seed=plan.seed,
     )
     initial = ArrayRecord({k: Array(v) for k, v in initial_item_arrays(plan).items()})
     if plan.eval_clients_per_round:

@@ -22,7 +22,9 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
 from fedrec.client.messages import ARRAYS_KEY, BUDGET_EXHAUSTED, METRICS_KEY
 from fedrec.eval.metrics import average_over_users
+from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.registry import Registry
+from fedrec.server.user_dp import UserLevelDPMixin, server_noise_rng
 from fedrec.server.validation import ExpectedArrays, expected_arrays, rejection_reason
 
 logger = logging.getLogger("fedrec.server")
@@ -71,10 +73,11 @@ class RoundRecord:
     epsilon_max: float = 0.0
     epsilon_median: float = 0.0
     clients_with_epsilon: int = 0
+    user_level_epsilon: float | None = None  # the server's user-level ε (modes user, both)
     seconds: float = 0.0
 
     def row(self) -> dict[str, float]:
-        flat = {k: v for k, v in self.__dict__.items() if k != "evaluation"}
+        flat = {k: v for k, v in self.__dict__.items() if k != "evaluation" and v is not None}
         return {**flat, **self.evaluation}
 
 
@@ -157,13 +160,6 @@ class ValidatedDeltaMixin:
                 self.epsilon_by_node[reply.metadata.src_node_id] = float(metrics["epsilon"])
             if "train_loss" in metrics:
                 losses.append(float(metrics["train_loss"]))
-            delta = reply.content[ARRAYS_KEY]
-            reply.content[ARRAYS_KEY] = ArrayRecord(
-                {
-                    name: Array(self.global_arrays[name] + self.update_scale * delta[name].numpy())
-                    for name in self.global_arrays
-                }
-            )
             accepted.append(reply)
         self.record.accepted = len(accepted)
         self.record.train_loss = float(np.mean(losses)) if losses else float("nan")
@@ -173,9 +169,23 @@ class ValidatedDeltaMixin:
             self.record.epsilon_max = max(spent)
             self.record.epsilon_median = statistics.median(spent)
             self.record.clients_with_epsilon = len(spent)
+        return self.aggregate_updates(server_round, accepted)
+
+    def aggregate_updates(self, server_round: int, accepted: list[Message]):
+        """Average the accepted deltas with the base strategy, each turned into
+        ``current + update_scale · delta`` (the form FedAvg-family strategies aggregate).
+        User-level DP replaces this step (:class:`~fedrec.server.user_dp.UserLevelDPMixin`)."""
         if not accepted:
             logger.warning("round %d: no acceptable update; the model is unchanged", server_round)
             return None, None
+        for reply in accepted:
+            delta = reply.content[ARRAYS_KEY]
+            reply.content[ARRAYS_KEY] = ArrayRecord(
+                {
+                    name: Array(self.global_arrays[name] + self.update_scale * delta[name].numpy())
+                    for name in self.global_arrays
+                }
+            )
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
@@ -219,9 +229,18 @@ def make_strategy(
     rounds: int,
     eval_every_rounds: int = 1,
     on_round: RoundCallback | None = None,
+    user_level: UserLevelPlan | None = None,
+    seed: int = 0,
 ) -> FedAvg:
+    """The configured FedAvg-family strategy behind the validated-delta mixin; with a
+    ``user_level`` plan, DP-FedAvg in front of it (noise and client sampling seeded by ``seed``)."""
     base = STRATEGIES.get(spec.name)
-    validated = type(f"Validated{base.__name__}", (ValidatedDeltaMixin, base), {})
+    mixins: tuple[type, ...] = (ValidatedDeltaMixin,)
+    extra: dict = {}
+    if user_level is not None:
+        mixins = (UserLevelDPMixin, *mixins)
+        extra = dict(user_level=user_level, num_clients=num_clients, rng=server_noise_rng(seed))
+    validated = type(f"Validated{base.__name__}", (*mixins, base), {})
     options = dict(
         fraction_train=clients_per_round / num_clients,
         fraction_evaluate=eval_clients_per_round / num_clients,
@@ -241,4 +260,5 @@ def make_strategy(
         eval_every_rounds=eval_every_rounds,
         last_round=rounds,
         **options,
+        **extra,
     )
