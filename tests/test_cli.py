@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -106,18 +107,29 @@ def test_client_library_imports_no_server_ray_or_hydra():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_privacy_sweep_writes_table_and_pareto_plot(tmp_path):
+def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     tiny = (
-        "simulate_overrides=['federation.num_clients=6','federation.clients_per_round=6',"
+        "simulate_overrides=['federation.num_clients=6','federation.clients_per_round=3',"
         "'federation.rounds=1','federation.eval_clients_per_round=6','federation.ray_cpus=2']"
     )
     done = run_cli(tmp_path, tiny, "epsilons=[2,inf]", "seeds=[0]", command="sweep")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = (tmp_path / "sweep.csv").read_text().splitlines()
-    assert lines[0].startswith("mode,target_epsilon,seed,epsilon_spent_max")
-    assert len(lines) == 3 and lines[1].startswith("none,inf,0") and lines[2].startswith("record,2")
-    spent = float(lines[2].split(",")[3])
-    assert 0 < spent <= 2  # the budget holds
+    with (tmp_path / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["mode"], r["target_epsilon"]) for r in rows] == [
+        ("none", "inf"),
+        ("record", "2.0"),
+        ("user", "2.0"),
+    ]
+    for row in rows[1:]:
+        assert 1.5 < float(row["epsilon_spent"]) <= 2  # the budget holds, and is nearly spent
+    assert rows[1]["guarantee"].startswith("record-level")
+    assert rows[2]["guarantee"].startswith("user-level")
+    summary = json.loads((tmp_path / "user_eps2_seed0" / "summary.json").read_text())
+    assert summary["user_level"]["epsilon"] == float(rows[2]["epsilon_spent"])
+    assert summary["user_level"]["sample_rate"] == 0.5  # 3 of 6 clients per round
     table = (tmp_path / "sweep.md").read_text()
-    assert "| record | 2 |" in table and "| none | inf |" in table
+    assert "| record | record-level, max over users | 2 |" in table
+    assert "| user | user-level (server) | 2 |" in table
+    assert "| none | none (no DP) | inf |" in table
     assert (tmp_path / "pareto.png").stat().st_size > 5000
