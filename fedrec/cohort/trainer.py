@@ -118,6 +118,11 @@ def train_cohort(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
+    if privacy.user_level:
+        raise ValueError(
+            f"privacy.mode={privacy.mode}: user-level DP needs each user's clipped update at the "
+            "server; the cohort engine sends a node's sum. Use federation.engine=per_user"
+        )
     weights = [1.0] * len(members) if weights is None else list(weights)
     if len(weights) != len(members):
         raise ValueError(f"{len(weights)} weights for {len(members)} members")
@@ -213,7 +218,7 @@ def _plan(
     batch_size = min(training.batch_size, n)
     steps_per_epoch = math.ceil(n / batch_size)
     plan = _Plan(index, member, _generator(member.seed), batch_size, steps_per_epoch)
-    if privacy.mode == "record":
+    if privacy.record_level:
         ledger = ledger_for(member.state, privacy)
         noise_multiplier = device_noise_multiplier(privacy, steps_per_epoch, training.epochs)
         ledger.check_budget(
@@ -281,11 +286,11 @@ def _train_chunk(
         params,
         grads,
         training,
-        privacy.max_grad_norm if privacy.mode == "record" else None,
+        privacy.max_grad_norm if privacy.record_level else None,
         explicit,
         num_items,
     )
-    private = privacy.mode == "record"
+    private = privacy.record_level
     losses = [[] for _ in chunk]
     steps = [0] * count
     for _ in range(training.epochs):
@@ -293,19 +298,18 @@ def _train_chunk(
         schedules = [_epoch_schedule(plan, private) for plan in chunk]
         for k in range(chunk[0].steps_per_epoch):
             active = sum(plan.steps_per_epoch > k for plan in chunk)
-            for grad in grads:
-                grad[:active].zero_()
             batch = [next(schedules[row]) for row in range(active)]
             # Draws in the device's order: the batch, its negatives, then the noise.
             examples = [
                 step.examples(plan, row, positions)
                 for row, (plan, positions) in enumerate(zip(chunk, batch, strict=False))
             ]
-            if private:
-                for row, plan in enumerate(chunk[:active]):
-                    for grad in grads:
-                        if plan.noise_std > 0:
-                            grad[row].normal_(0.0, plan.noise_std, generator=plan.generator)
+            for row, plan in enumerate(chunk[:active]):
+                for grad in grads:  # the noise (Opacus draws none when σ·C = 0), or zero
+                    if private and plan.noise_std > 0:
+                        grad[row].normal_(0.0, plan.noise_std, generator=plan.generator)
+                    else:
+                        grad[row].zero_()
             per_example_loss, rows = step.accumulate(examples)
             divisor = torch.tensor(
                 [
@@ -488,8 +492,35 @@ class _StackedOptimizer:
             for param, grad in zip(self.params, self.grads, strict=True):
                 param[:active].add_(grad[:active], alpha=-self.lr)
             return
-        beta1, beta2 = _ADAM_BETAS
         self.taken[:active] += 1
+        if hasattr(torch, "_fused_adam_"):
+            # torch.optim.Adam(fused=True)'s kernel: one pass per user's tensor, each with its
+            # own step count; it agrees with the device's Adam to float rounding.
+            steps = [torch.tensor(float(t)) for t in self.taken[:active].tolist()]
+            for param, grad, first, second in zip(
+                self.params, self.grads, self.first, self.second, strict=True
+            ):
+                torch._fused_adam_(
+                    list(param[:active].unbind(0)),
+                    list(grad[:active].unbind(0)),
+                    list(first[:active].unbind(0)),
+                    list(second[:active].unbind(0)),
+                    [],
+                    steps,
+                    lr=self.lr,
+                    beta1=_ADAM_BETAS[0],
+                    beta2=_ADAM_BETAS[1],
+                    weight_decay=0.0,
+                    eps=_ADAM_EPS,
+                    amsgrad=False,
+                    maximize=False,
+                )
+            return
+        self._adam_step(active)
+
+    def _adam_step(self, active: int) -> None:
+        """torch's single-tensor Adam, written out for the stack (slower; no fused kernel)."""
+        beta1, beta2 = _ADAM_BETAS
         taken = self.taken[:active]
         step_size = (self.lr / (1 - beta1**taken)).float()
         correction_sqrt = ((1 - beta2**taken) ** 0.5).float()

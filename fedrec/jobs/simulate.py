@@ -17,6 +17,7 @@ from fedrec.client.app import build_client_app
 from fedrec.client.data_source import SplitUserSource
 from fedrec.client.messages import RoundSettings
 from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
+from fedrec.cohort.app import CohortPlan, build_cohort_app
 from fedrec.data import DatasetSpec, Split, load_split
 from fedrec.eval import EvalSpec
 from fedrec.model import ModelSpec
@@ -29,6 +30,7 @@ from fedrec.server.strategy import RoundRecord, StrategySpec
 logger = logging.getLogger("fedrec")
 
 WEIGHTINGS = ("uniform", "examples")
+ENGINES = ("per_user", "cohort")
 
 
 @dataclass
@@ -55,6 +57,11 @@ class FederationSpec:
     timeout_s: float = 3600.0
     client_cpus: float = 1.0
     ray_cpus: int = 0  # 0: all cores
+    # per_user: one Flower node per user (the deployment's shape). cohort: cohort_nodes nodes,
+    # each simulating a block of users with fedrec.cohort (same per-user DP-SGD, same results).
+    engine: str = "per_user"
+    cohort_nodes: int = 2
+    cohort_chunk: int = 256
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -63,6 +70,10 @@ class FederationSpec:
             )
         if self.num_clients < 0:
             raise ValueError(f"federation.num_clients={self.num_clients}; expected >= 0")
+        if self.engine not in ENGINES:
+            raise ValueError(f"federation.engine='{self.engine}'; accepted: {', '.join(ENGINES)}")
+        if self.cohort_nodes < 1 or self.cohort_chunk < 1:
+            raise ValueError("federation.cohort_nodes and federation.cohort_chunk must be >= 1")
 
 
 @dataclass
@@ -158,6 +169,21 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
         eval_every_rounds=fed.eval_every_rounds,
         user_level=user_level,
     )
+    if fed.engine == "cohort":
+        if user_level is not None:
+            raise ValueError(
+                f"privacy.mode={cfg.privacy.mode} needs each user's clipped update at the "
+                "server: use federation.engine=per_user (the cohort engine sends node sums)"
+            )
+        plan.cohort_nodes = min(fed.cohort_nodes, len(users))
+        sample_seed = cfg.seed if cfg.seed >= 0 else int(np.random.SeedSequence().entropy % 2**31)
+        plan.extra_config = CohortPlan(
+            num_clients=len(users),
+            clients_per_round=fed.clients_per_round,
+            eval_clients_per_round=eval_clients,
+            sample_seed=sample_seed,
+            chunk_size=fed.cohort_chunk,
+        ).config()
     return split, SplitUserSource(split, users), plan
 
 
@@ -196,12 +222,16 @@ def run_simulate(
     server_app = build_server_app(
         plan, on_round=round_reporter(recorder, fed.rounds), on_finish=finished.update
     )
-    client_app = build_client_app(source, mods=client_mods)
+    nodes = plan.cohort_nodes or len(users)
+    if plan.cohort_nodes:
+        client_app = build_cohort_app(source, mods=client_mods)
+    else:
+        client_app = build_client_app(source, mods=client_mods)
     ray_cpus = fed.ray_cpus or os.cpu_count() or 1
     run_simulation(
         server_app=server_app,
         client_app=client_app,
-        num_supernodes=len(users),
+        num_supernodes=nodes,
         backend_config={
             "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0},
             "init_args": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,10 @@ class ServerPlan:
     global_bias_init: float = 0.0
     eval_every_rounds: int = 1
     user_level: UserLevelPlan | None = None  # DP-FedAvg (privacy modes user, both)
+    # The cohort engine: this many simulation nodes, each holding a block of the clients, all
+    # asked every round; they pick the round's users from ``extra_config`` (0: one per client).
+    cohort_nodes: int = 0
+    extra_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.user_level is not None and self.settings.weight_by_examples:
@@ -86,9 +90,10 @@ def run_federation(
     random.seed(plan.seed)  # Flower samples clients with the random module
     strategy = make_strategy(
         plan.strategy,
-        clients_per_round=plan.clients_per_round,
-        eval_clients_per_round=plan.eval_clients_per_round,
-        num_clients=plan.num_clients,
+        clients_per_round=plan.cohort_nodes or plan.clients_per_round,
+        eval_clients_per_round=(plan.cohort_nodes if plan.eval_clients_per_round else 0)
+        or plan.eval_clients_per_round,
+        num_clients=plan.cohort_nodes or plan.num_clients,
         rounds=plan.rounds,
         eval_every_rounds=plan.eval_every_rounds,
         on_round=on_round,
@@ -100,7 +105,7 @@ def run_federation(
         # Round 0: the untrained model, scored the same way, as the baseline of the run.
         replies = grid.send_and_receive(
             strategy.configure_evaluate(
-                0, initial, ConfigRecord(round_config(plan.settings)), grid
+                0, initial, ConfigRecord(round_config(plan.settings) | plan.extra_config), grid
             ),
             timeout=plan.timeout_s,
         )
@@ -110,8 +115,8 @@ def run_federation(
         initial_arrays=initial,
         num_rounds=plan.rounds,
         timeout=plan.timeout_s,
-        train_config=ConfigRecord(round_config(plan.settings)),
-        evaluate_config=ConfigRecord(round_config(plan.settings)),
+        train_config=ConfigRecord(round_config(plan.settings) | plan.extra_config),
+        evaluate_config=ConfigRecord(round_config(plan.settings) | plan.extra_config),
     )
     final = result.arrays if len(result.arrays) else initial
     if on_finish is not None:

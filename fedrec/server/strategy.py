@@ -105,7 +105,7 @@ class ValidatedDeltaMixin:
         self.max_update_norm = max_update_norm
         self.global_arrays: dict[str, np.ndarray] = {}
         self.expected: ExpectedArrays = {}
-        self.epsilon_by_node: dict[int, float] = {}
+        self.epsilon_by_node: dict[object, float] = {}  # node id, or ('user', key)
         self.record = RoundRecord(0)
         self._round_started = time.perf_counter()
 
@@ -129,6 +129,7 @@ class ValidatedDeltaMixin:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         accepted, losses = [], []
+        cohort_users: dict[str, int] | None = None
         for reply in replies:
             if reply.has_error():
                 self.record.failed += 1
@@ -140,7 +141,11 @@ class ValidatedDeltaMixin:
                 )
                 continue
             metrics = reply.content.metric_records.get(METRICS_KEY, {})
-            if metrics.get(BUDGET_EXHAUSTED) and not reply.content.array_records:
+            if "users_sampled" in metrics:  # a cohort node: it speaks for many users
+                cohort_users = self._count_cohort_users(metrics, cohort_users)
+                if not reply.content.array_records:
+                    continue
+            elif metrics.get(BUDGET_EXHAUSTED) and not reply.content.array_records:
                 self.record.budget_exhausted += 1
                 spent = float(metrics.get("epsilon", 0.0))
                 self.epsilon_by_node[reply.metadata.src_node_id] = spent
@@ -156,12 +161,22 @@ class ValidatedDeltaMixin:
                 )
                 continue
             metrics = reply.content[METRICS_KEY]
+            if "users_sampled" in metrics:
+                losses += [float(metrics["train_loss"])] * int(metrics["users_trained"])
+                accepted.append(reply)
+                continue
             if "epsilon" in metrics:
                 self.epsilon_by_node[reply.metadata.src_node_id] = float(metrics["epsilon"])
             if "train_loss" in metrics:
                 losses.append(float(metrics["train_loss"]))
             accepted.append(reply)
         self.record.accepted = len(accepted)
+        if cohort_users is not None:  # count users, not nodes; a node's rejection is its users'
+            self.record.sampled = cohort_users["sampled"]
+            self.record.accepted = cohort_users["trained"] if accepted else 0
+            self.record.rejected += cohort_users["rejected"]
+            self.record.failed += cohort_users["failed"]
+            self.record.budget_exhausted += cohort_users["budget_exhausted"]
         self.record.train_loss = float(np.mean(losses)) if losses else float("nan")
         if self.epsilon_by_node:
             spent = list(self.epsilon_by_node.values())
@@ -170,6 +185,17 @@ class ValidatedDeltaMixin:
             self.record.epsilon_median = statistics.median(spent)
             self.record.clients_with_epsilon = len(spent)
         return self.aggregate_updates(server_round, accepted)
+
+    def _count_cohort_users(self, metrics, counts: dict[str, int] | None) -> dict[str, int]:
+        counts = counts or dict.fromkeys(
+            ("sampled", "trained", "rejected", "failed", "budget_exhausted"), 0
+        )
+        for name in counts:
+            counts[name] += int(metrics[f"users_{name}"])
+        users, values = metrics["epsilon_users"], metrics["epsilon_values"]
+        for user, epsilon in zip(users, values, strict=True):
+            self.epsilon_by_node[("user", int(user))] = float(epsilon)
+        return counts
 
     def aggregate_updates(self, server_round: int, accepted: list[Message]):
         """Average the accepted deltas with the base strategy, each turned into
@@ -208,6 +234,12 @@ class ValidatedDeltaMixin:
                 )
                 continue
             metrics = dict(reply.content[METRICS_KEY])
+            if "users_evaluated" in metrics:  # a cohort node: one list entry per user
+                lists = {k[len("user.") :]: v for k, v in metrics.items() if k.startswith("user.")}
+                for row in range(int(metrics["users_evaluated"])):
+                    values = {name: float(v[row]) for name, v in lists.items()}
+                    per_user.append({k: v for k, v in values.items() if not np.isnan(v)})
+                continue
             if metrics.pop("evaluated", 0):
                 metrics.pop("num-examples", None)
                 per_user.append(metrics)

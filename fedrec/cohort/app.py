@@ -1,0 +1,239 @@
+"""The cohort engine's Flower ClientApp: one simulation node holds a block of users.
+
+Flower's per-node cost (message routing, and the in-memory link state's scans) is paid per node,
+so 6,040 one-user nodes cannot make a round in a minute on two cores. Here a node simulates a
+contiguous block of users; every user still trains alone (:func:`train_cohort`), keeps their own
+embedding and ledger in the node's state, and the node replies with the mean of its users'
+item-side updates (weighted like the per-user path) and per-user scalars (ε, outcome counts).
+Which users take part in a round is drawn the same way on every node from a seed the server
+sends, so the round samples ``clients_per_round`` users out of all of them, uniformly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec.client.app import EVAL_SEED, TRAIN_SEED
+from fedrec.client.data_source import SplitUserSource
+from fedrec.client.messages import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    RoundRefused,
+    parse_round_config,
+    user_seed,
+)
+from fedrec.client.trainer import DeviceState, evaluate_user
+from fedrec.cohort.trainer import CohortMember, train_cohort
+from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
+
+PREFIX = "cohort."
+USERS_RECORD, LEDGER_RECORD, LEDGER_SETTINGS = "cohort.users", "cohort.ledger", "cohort.privacy"
+OUTCOMES = ("trained", "rejected", "failed", "budget_exhausted")
+_LEDGER_COLUMNS = ("user", "server_round", "noise_multiplier", "sample_rate", "steps", "epsilon")
+
+
+@dataclass
+class CohortPlan:
+    """What every node must agree on to sample the same users (sent in the round config)."""
+
+    num_clients: int
+    clients_per_round: int
+    eval_clients_per_round: int
+    sample_seed: int
+    chunk_size: int = 256
+
+    def config(self) -> dict[str, int]:
+        return {f"{PREFIX}{name}": int(value) for name, value in self.__dict__.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CohortPlan:
+        try:
+            plan = cls(**{k[len(PREFIX) :]: int(v) for k, v in config.items()})
+        except TypeError as err:
+            raise RoundRefused(f"bad cohort config: {err}") from None
+        if not 0 <= plan.clients_per_round <= plan.num_clients:
+            raise RoundRefused(f"cohort: {plan.clients_per_round} of {plan.num_clients} users")
+        return plan
+
+
+def sampled_users(plan: CohortPlan, server_round: int, evaluation: bool) -> np.ndarray:
+    """The round's users (indices into the federation), the same on every node."""
+    count = plan.eval_clients_per_round if evaluation else plan.clients_per_round
+    rng = np.random.default_rng([plan.sample_seed, server_round, int(evaluation)])
+    if count >= plan.num_clients:
+        return np.arange(plan.num_clients)
+    return np.sort(rng.choice(plan.num_clients, count, replace=False))
+
+
+def node_block(node_config: Mapping[str, Any], num_clients: int) -> range:
+    """Node ``partition-id`` p of ``num-partitions`` P holds users [p·N/P, (p+1)·N/P)."""
+    try:
+        partition, partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("node_config needs integer 'partition-id' and 'num-partitions'") from None
+    return range(partition * num_clients // partitions, (partition + 1) * num_clients // partitions)
+
+
+def _split_config(msg: Message):
+    config = dict(msg.content[CONFIG_KEY])
+    cohort = {k: v for k, v in config.items() if k.startswith(PREFIX)}
+    settings = parse_round_config({k: v for k, v in config.items() if not k.startswith(PREFIX)})
+    arrays = {name: array.numpy() for name, array in msg.content[ARRAYS_KEY].items()}
+    return CohortPlan.from_config(cohort), settings, arrays
+
+
+def _members_of(plan, msg, context, evaluation):
+    block = node_block(dict(context.node_config), plan.num_clients)
+    chosen = sampled_users(plan, int(dict(msg.content[CONFIG_KEY])["server-round"]), evaluation)
+    return [int(u) for u in chosen if block.start <= u < block.stop]
+
+
+def build_cohort_app(source: SplitUserSource, mods: Sequence = ()) -> ClientApp:
+    app = ClientApp(mods=list(mods))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        plan, settings, arrays = _split_config(msg)
+        states = load_cohort_states(context.state)
+        members = []
+        for index in _members_of(plan, msg, context, evaluation=False):
+            key, data = source.local_data({"partition-id": index})
+            seed = user_seed(settings, key, TRAIN_SEED)
+            members.append(CohortMember(key, data, states.get(key, DeviceState()), seed))
+        weights = [
+            float(len(m.data.train_items)) if settings.weight_by_examples else 1.0 for m in members
+        ]
+        result = train_cohort(
+            arrays,
+            members,
+            model_spec=settings.model,
+            training=settings.training,
+            privacy=settings.privacy,
+            explicit=settings.explicit,
+            server_round=settings.server_round,
+            weights=weights,
+            chunk_size=plan.chunk_size,
+        )
+        for outcome in result.outcomes:
+            if outcome.status in ("trained", "rejected"):
+                states[outcome.key] = outcome.state
+        # Saved before the reply leaves: the spend of every user who trained is recorded.
+        store_cohort_states(context.state, states)
+        counts = {f"users_{s}": sum(o.status == s for o in result.outcomes) for s in OUTCOMES}
+        trained = [o for o in result.outcomes if o.status == "trained"]
+        spent = [o for o in result.outcomes if o.status != "failed"]
+        metrics: dict[str, Any] = {
+            NUM_EXAMPLES: result.weight_sum,
+            "users_sampled": len(members),
+            **counts,
+            "epsilon_users": [o.key for o in spent],
+            "epsilon_values": [float(o.epsilon) for o in spent],
+        }
+        content = {}
+        if trained:
+            metrics["train_loss"] = float(np.mean([o.loss for o in trained]))
+            mean = {
+                k: (v / result.weight_sum).astype(np.float32) for k, v in result.update_sum.items()
+            }
+            content[ARRAYS_KEY] = ArrayRecord({k: Array(v) for k, v in mean.items()})
+        content[METRICS_KEY] = MetricRecord(metrics)
+        return Message(content=RecordDict(content), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        plan, settings, arrays = _split_config(msg)
+        states = load_cohort_states(context.state)
+        per_user: list[dict[str, float]] = []
+        for index in _members_of(plan, msg, context, evaluation=True):
+            key, data = source.local_data({"partition-id": index})
+            if not len(data.test_items):
+                continue
+            per_user.append(
+                evaluate_user(
+                    arrays,
+                    data,
+                    states.get(key, DeviceState()),
+                    model_spec=settings.model,
+                    eval_spec=settings.evaluation,
+                    explicit=settings.explicit,
+                    num_negatives=settings.training.num_negatives,
+                    seed=user_seed(settings, key, EVAL_SEED),
+                )
+            )
+        names = sorted({name for row in per_user for name in row})
+        metrics: dict[str, Any] = {
+            NUM_EXAMPLES: max(len(per_user), 1),
+            "users_evaluated": len(per_user),
+        }
+        for name in names:  # a metric a user could not compute is NaN in its list
+            metrics[f"user.{name}"] = [float(row.get(name, np.nan)) for row in per_user]
+        return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+def load_cohort_states(records: RecordDict) -> dict[int, DeviceState]:
+    """Every user of this node who trained so far: embedding, ledger, rounds trained."""
+    users = records.get(USERS_RECORD)
+    if users is None:
+        return {}
+    arrays = {name: array.numpy() for name, array in users.items()}
+    keys = arrays.pop("keys")
+    rounds = arrays.pop("rounds_trained")
+    ledgers: dict[int, list[LedgerEntry]] = {}
+    settings = records.get(LEDGER_SETTINGS)
+    if LEDGER_RECORD in records:
+        columns = [records[LEDGER_RECORD][c].numpy() for c in _LEDGER_COLUMNS]
+        for user, r, n, q, s, e in zip(*columns, strict=True):
+            ledgers.setdefault(int(user), []).append(
+                LedgerEntry(int(r), float(n), float(q), int(s), float(e))
+            )
+    states = {}
+    for row, key in enumerate(keys.tolist()):
+        ledger = None
+        if key in ledgers:
+            ledger = PrivacyLedger(
+                str(settings["accountant"]), float(settings["delta"]), ledgers[key]
+            )
+        user_arrays = {name: values[row] for name, values in arrays.items()}
+        states[key] = DeviceState(user_arrays, ledger, int(rounds[row]))
+    return states
+
+
+def store_cohort_states(records: RecordDict, states: dict[int, DeviceState]) -> None:
+    if not states:
+        return
+    keys = sorted(states)
+    names = sorted(states[keys[0]].user_arrays or {})
+    users = {
+        "keys": np.asarray(keys, dtype=np.int64),
+        "rounds_trained": np.asarray([states[k].rounds_trained for k in keys], dtype=np.int64),
+    }
+    for name in names:
+        users[name] = np.stack([states[k].user_arrays[name] for k in keys])
+    records[USERS_RECORD] = ArrayRecord(
+        {k: Array(np.ascontiguousarray(v)) for k, v in users.items()}
+    )
+    entries = [(k, e) for k in keys if states[k].ledger for e in states[k].ledger.entries]
+    if entries:
+        ledger = next(states[k].ledger for k in keys if states[k].ledger)
+        records[LEDGER_SETTINGS] = ConfigRecord(
+            {"accountant": ledger.accountant, "delta": ledger.delta}
+        )
+        columns = {
+            "user": np.asarray([k for k, _ in entries], dtype=np.int64),
+            "server_round": np.asarray([e.server_round for _, e in entries], dtype=np.int64),
+            "noise_multiplier": np.asarray([e.noise_multiplier for _, e in entries]),
+            "sample_rate": np.asarray([e.sample_rate for _, e in entries]),
+            "steps": np.asarray([e.steps for _, e in entries], dtype=np.int64),
+            "epsilon": np.asarray([e.epsilon for _, e in entries]),
+        }
+        records[LEDGER_RECORD] = ArrayRecord({k: Array(v) for k, v in columns.items()})
