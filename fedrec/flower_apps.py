@@ -5,6 +5,11 @@
 federation.rounds=3"``), so ``flwr run`` and ``fedrec simulate`` read the same configs through
 the same function (:func:`fedrec.cli.compose`). The number of SuperNodes must equal the
 federation's number of clients.
+
+Each SuperNode's node config says where its user's data is: ``store="/path/user.sqlite"`` (a
+deployed device: the user's :class:`fedrec.client.FedrecClient` store, with its consent gate,
+privacy ledger and sent-log) or ``partition-id=p`` (simulation: user p of the split the run
+config names). The store's catalog size must equal the item table the config describes.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ def _config(run_config: Mapping[str, Any]):
 
 
 class RunConfigSource:
-    """Builds the split a run's config names once per process, then serves nodes from it."""
+    """Builds the split a run's config names once per process, then serves nodes from it.
+
+    Used for ``partition-id`` nodes only: a node with a ``store`` never builds the split."""
 
     def __init__(self) -> None:
         self._sources: dict[str, SplitUserSource] = {}

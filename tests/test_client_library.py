@@ -5,11 +5,13 @@ Item table: 30 items × 8 dimensions, so each DP round takes a fraction of a sec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -299,7 +301,7 @@ def test_privacy_report_matches_what_was_sent(client):
     client.grant_consent(["view", "rating", "purchase"])
     updates = [client.train_round(item_arrays(), settings(r)) for r in (1, 2)]
     report = client.privacy_report()
-    assert report.mode == "record" and report.rounds == [1, 2]
+    assert report.modes == ["record"] and report.rounds == [1, 2]
     assert [(t.name, t.shape, t.dtype) for t in report.tensors] == [
         (name, value.shape, value.dtype.str)
         for name, value in sorted(updates[0].item_update.items())
@@ -381,3 +383,44 @@ def test_client_library_imports_no_server_ray_hydra_or_flower_simulation():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_store_node_replies_without_an_update_until_the_user_consents(client, clock):
+    from fedrec.client.app import evaluate_from_store, train_from_store
+
+    clock.now = time.time()  # the node opens the store with the real clock
+
+    node = {"store": str(client.store.path), "holdout-latest": 1}
+    assert train_from_store(node, item_arrays(), settings()) == (
+        None,
+        {"num-examples": 0, "consent_missing": 1},
+    )
+    assert evaluate_from_store(node, item_arrays(), settings()) == {
+        "num-examples": 1,
+        "evaluated": 0,
+    }
+    client.grant_consent(["view"])
+    update, metrics = train_from_store(node, item_arrays(), settings())
+    assert set(update) == {"item_embedding.weight", "item_bias.weight"}
+    assert metrics["epsilon"] > 0 and metrics["num-examples"] == 1
+    evaluation = evaluate_from_store(node, item_arrays(), settings())
+    assert evaluation["evaluated"] == 1 and 0 <= evaluation["hr@10"] <= 1
+    budget = dataclasses.replace(settings(2), privacy=PrivacySpec(mode="record", target_epsilon=1))
+    update, metrics = train_from_store(node, item_arrays(), budget)
+    assert update is None and metrics["budget_exhausted"] == 1
+    assert metrics["epsilon"] == client.privacy_report().epsilon
+    assert [s.server_round for s in client.store.sent_rounds()] == [1]
+
+
+def test_privacy_report_says_when_rounds_left_without_record_level_dp(client):
+    client.grant_consent(["view"])
+    no_dp = dataclasses.replace(settings(1), privacy=PrivacySpec(mode="none"))
+    client.train_round(item_arrays(), no_dp)
+    report = client.privacy_report()
+    assert report.modes == ["none"] and report.epsilon == float("inf")
+    assert "WITHOUT record-level differential privacy" in report.text()
+    user_level = dataclasses.replace(settings(2), privacy=PrivacySpec(mode="user"))
+    client.train_round(item_arrays(), user_level)
+    report = client.privacy_report()
+    assert report.modes == ["none", "user"] and report.user_level
+    assert "not from the server" in report.text()

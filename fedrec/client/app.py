@@ -1,27 +1,46 @@
-"""The Flower ClientApp: a thin adapter from Messages to the on-device trainer."""
+"""The Flower ClientApp: a thin adapter from Messages to the on-device trainer.
+
+A node serves one user from one of two places, picked by its node config:
+- ``store="/path/user.sqlite"`` (deployment): the user's :class:`FedrecClient` store. Training
+  and evaluation go through the client object, so its consent gate, privacy ledger and sent-log
+  apply; ``holdout-latest=n`` holds the newest n interactions out for evaluation (default 1).
+- otherwise (simulation): ``source`` (e.g. a split, by ``partition-id``), with the device state
+  kept in Flower's ``Context.state``.
+
+A user who has not consented, or has nothing consented to train on, replies with metrics only
+(``num-examples`` 0 and ``consent_missing`` 1 or ``no_training_data`` 1): nothing is trained or
+sent, and the round goes on without them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrec.client.consent import ConsentRequired
 from fedrec.client.data_source import UserDataSource
 from fedrec.client.device_state import load_device_state, store_device_state
+from fedrec.client.local_client import EVAL_SEED, TRAIN_SEED, FedrecClient, NothingToTrain
 from fedrec.client.messages import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
     CONFIG_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
+    RoundSettings,
     parse_round_config,
     user_seed,
 )
 from fedrec.client.trainer import evaluate_user, train_round
 from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
-TRAIN_SEED, EVAL_SEED = 1, 2
+STORE_KEY, HOLDOUT_KEY = "store", "holdout-latest"
+CONSENT_MISSING, NO_TRAINING_DATA = "consent_missing", "no_training_data"
+Reply = tuple[dict[str, np.ndarray] | None, dict[str, float]]  # (item update or None, metrics)
 
 
 def _request(msg: Message):
@@ -30,13 +49,58 @@ def _request(msg: Message):
     return settings, arrays
 
 
+def _message(msg: Message, reply: Reply) -> Message:
+    update, metrics = reply
+    records: dict[str, Any] = {METRICS_KEY: MetricRecord(metrics)}
+    if update is not None:
+        records[ARRAYS_KEY] = ArrayRecord({k: Array(v) for k, v in update.items()})
+    return Message(content=RecordDict(records), reply_to=msg)
+
+
+def open_store_client(node_config: Mapping[str, Any]) -> FedrecClient:
+    """The client of the store the node config names; the store must already exist."""
+    holdout = int(node_config.get(HOLDOUT_KEY, 1))
+    return FedrecClient.open(str(node_config[STORE_KEY]), holdout_latest=holdout)
+
+
+def train_from_store(
+    node_config: Mapping[str, Any], arrays: dict[str, np.ndarray], settings: RoundSettings
+) -> Reply:
+    with open_store_client(node_config) as client:
+        try:
+            update = client.train_round(arrays, settings)
+        except ConsentRequired:
+            return None, {NUM_EXAMPLES: 0, CONSENT_MISSING: 1}
+        except NothingToTrain:
+            return None, {NUM_EXAMPLES: 0, NO_TRAINING_DATA: 1}
+        except PrivacyBudgetExhausted:
+            ledger = client.store.ledger()
+            spent = ledger.epsilon if ledger else 0.0
+            return None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}
+    return update.item_update, update.metrics
+
+
+def evaluate_from_store(
+    node_config: Mapping[str, Any], arrays: dict[str, np.ndarray], settings: RoundSettings
+) -> dict[str, float]:
+    with open_store_client(node_config) as client:
+        try:
+            metrics = client.evaluate(arrays, settings)
+        except (ConsentRequired, NothingToTrain):
+            metrics = {}
+    return {NUM_EXAMPLES: 1, "evaluated": int(bool(metrics)), **metrics}
+
+
 def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
     app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         settings, arrays = _request(msg)
-        user_key, data = source.local_data(dict(context.node_config), dict(context.run_config))
+        node_config = dict(context.node_config)
+        if STORE_KEY in node_config:
+            return _message(msg, train_from_store(node_config, arrays, settings))
+        user_key, data = source.local_data(node_config, dict(context.run_config))
         state = load_device_state(context.state)
         try:
             result = train_round(
@@ -53,8 +117,7 @@ def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
         except PrivacyBudgetExhausted:
             # The user sits this round out and says so; nothing trained, nothing to send.
             spent = state.ledger.epsilon if state.ledger else 0.0
-            metrics = {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}
-            return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+            return _message(msg, (None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}))
         # The state (user embedding, ledger) is saved before the update leaves: a device that
         # drops after this point has still recorded the privacy it spent.
         store_device_state(context.state, result.state)
@@ -65,18 +128,15 @@ def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
             "epsilon": result.epsilon,
             "local_steps": result.steps,
         }
-        content = RecordDict(
-            {
-                ARRAYS_KEY: ArrayRecord({k: Array(v) for k, v in result.item_update.items()}),
-                METRICS_KEY: MetricRecord(metrics),
-            }
-        )
-        return Message(content=content, reply_to=msg)
+        return _message(msg, (result.item_update, metrics))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         settings, arrays = _request(msg)
-        user_key, data = source.local_data(dict(context.node_config), dict(context.run_config))
+        node_config = dict(context.node_config)
+        if STORE_KEY in node_config:
+            return _message(msg, (None, evaluate_from_store(node_config, arrays, settings)))
+        user_key, data = source.local_data(node_config, dict(context.run_config))
         metrics: dict[str, float] = {NUM_EXAMPLES: 1, "evaluated": 0}
         if len(data.test_items):
             metrics |= evaluate_user(
@@ -90,6 +150,6 @@ def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
                 seed=user_seed(settings, user_key, EVAL_SEED),
             )
             metrics["evaluated"] = 1
-        return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+        return _message(msg, (None, metrics))
 
     return app

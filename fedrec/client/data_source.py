@@ -1,7 +1,9 @@
 """Where a Flower node finds its one user's data.
 
-In simulation every node is one user of a split, chosen by the node's ``partition-id``. The
-deployment source (a SQLite store per node) plugs in behind the same protocol.
+In simulation every node is one user of a split, chosen by the node's ``partition-id``. A
+deployed node instead names its user's SQLite store (``store=...`` in the node config); the
+ClientApp then drives that store's :class:`fedrec.client.FedrecClient` (see
+``fedrec.client.app``), so consent and the sent-log apply, and no source is consulted.
 """
 
 from __future__ import annotations

@@ -264,6 +264,7 @@ class FedrecClient:
             tensors,
             metrics,
             sum(t.bytes for t in tensors) + 8 * len(metrics),
+            settings.privacy.mode,
         )
         with self.store.transaction() as db:
             now_status = consent_status(self.store.read_consent_events(db), self.clock())

@@ -22,6 +22,7 @@ from fedrec.client.store import (
     SentTensor,
 )
 from fedrec.privacy.ledger import PrivacyLedger
+from fedrec.privacy.modes import PRIVACY_MODES
 
 FORMAT, FORMAT_VERSION = "fedrec.client.export", 1
 
@@ -126,13 +127,17 @@ class DeletionReport:
 class PrivacyReport:
     """What this device has given away, as data (:meth:`as_dict`) and in words (:meth:`text`).
 
-    ``mode``: ``record`` (every round under record-level DP), ``none`` (rounds sent without
-    DP: no ε bound, ``epsilon`` is infinite), ``mixed``, or ``nothing sent``."""
+    ``modes``: the privacy modes of the rounds sent. ``epsilon`` is the record-level ε of the
+    device's ledger (at ``delta``) when every round sent was under DP-SGD (modes ``record``,
+    ``both``); infinite when any round left without it; 0 when nothing was sent. ``user_level``:
+    some rounds were clipped here for user-level DP, whose noise the server adds (its ε is the
+    server's, about the released model, and does not bound what the server itself saw)."""
 
-    mode: str
+    modes: list[str]
     epsilon: float
     delta: float | None
     accountant: str | None
+    user_level: bool
     rounds: list[int]
     bytes_sent: int
     tensors: list[SentTensor]  # every distinct (name, shape, dtype) that left the device
@@ -159,7 +164,7 @@ class PrivacyReport:
             f"{len(self.metrics)} numbers ({', '.join(self.metrics)}).",
             "Your interactions, your item ids and your own embedding never left the device.",
         ]
-        if self.mode == "record":
+        if math.isfinite(self.epsilon):
             lines.append(
                 f"Privacy: record-level differential privacy, ε = {self.epsilon:.3g} at "
                 f"δ = {self.delta:g} ({self.accountant} accountant), over all rounds so far. "
@@ -168,8 +173,15 @@ class PrivacyReport:
             )
         else:
             lines.append(
-                "Privacy: some or all rounds were sent WITHOUT differential privacy, so there is "
-                "no bound (ε = ∞) on what those updates reveal about your interactions."
+                "Privacy: some or all rounds were sent WITHOUT record-level differential "
+                "privacy, so nothing bounds (ε = ∞) what those updates, as sent, reveal about "
+                "your interactions."
+            )
+        if self.user_level:
+            lines.append(
+                "Some rounds were clipped on this device for user-level privacy; the server adds "
+                "the noise, so that guarantee protects you from whoever sees the trained model, "
+                "not from the server."
             )
         return "\n".join(lines)
 
@@ -181,27 +193,24 @@ def privacy_report(store: LocalStore) -> PrivacyReport:
     """Built from the sent-log and the ledger, i.e. from what was actually sent and charged."""
     sent = store.sent_rounds()
     ledger = store.ledger()
-    private_rounds = {e.server_round for e in ledger.entries} if ledger else set()
-    rounds = [s.server_round for s in sent]
-    if not sent:
-        mode = "nothing sent"
-    elif all(r in private_rounds for r in rounds):
-        mode = "record"
-    else:
-        mode = "none" if not private_rounds else "mixed"
+    modes = [PRIVACY_MODES.get(name) for name in dict.fromkeys(s.privacy_mode for s in sent)]
     tensors: dict[tuple, SentTensor] = {}
     metrics: dict[str, None] = {}
     for round_sent in sent:
         for tensor in round_sent.tensors:
             tensors.setdefault((tensor.name, tensor.shape, tensor.dtype), tensor)
         metrics.update(dict.fromkeys(round_sent.metrics))
-    epsilon = 0.0 if not sent else (ledger.epsilon if mode == "record" and ledger else math.inf)
+    epsilon = 0.0
+    if sent:
+        record_level = ledger is not None and all(mode.record_level for mode in modes)
+        epsilon = ledger.epsilon if record_level else math.inf  # type: ignore[union-attr]
     return PrivacyReport(
-        mode=mode,
+        modes=[mode.name for mode in modes],
         epsilon=epsilon,
         delta=ledger.delta if ledger else None,
         accountant=ledger.accountant if ledger else None,
-        rounds=rounds,
+        user_level=any(mode.user_level for mode in modes),
+        rounds=[s.server_round for s in sent],
         bytes_sent=sum(s.bytes_sent for s in sent),
         tensors=list(tensors.values()),
         metrics=list(metrics),

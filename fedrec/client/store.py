@@ -52,7 +52,8 @@ CREATE TABLE ledger_entries (
     sample_rate REAL NOT NULL, steps INTEGER NOT NULL, epsilon REAL NOT NULL);
 CREATE TABLE sent_rounds (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, server_round INTEGER NOT NULL,
-    tensors TEXT NOT NULL, metrics TEXT NOT NULL, bytes_sent INTEGER NOT NULL);
+    tensors TEXT NOT NULL, metrics TEXT NOT NULL, bytes_sent INTEGER NOT NULL,
+    privacy_mode TEXT NOT NULL);
 """
 _TABLES = {"meta", "interactions", "consent_events", "arrays", "ledger_entries", "sent_rounds"}
 
@@ -91,6 +92,7 @@ class SentRound:
     tensors: tuple[SentTensor, ...]
     metrics: dict[str, float]
     bytes_sent: int  # tensor payload plus 8 bytes per metric
+    privacy_mode: str  # the round's privacy.mode: none | record | user | both
 
 
 def _encode(array: np.ndarray) -> tuple[str, str, bytes]:
@@ -287,7 +289,8 @@ class LocalStore:
 
     def sent_rounds(self) -> list[SentRound]:
         rows = self._db.execute(
-            "SELECT at, server_round, tensors, metrics, bytes_sent FROM sent_rounds ORDER BY id"
+            "SELECT at, server_round, tensors, metrics, bytes_sent, privacy_mode FROM sent_rounds "
+            "ORDER BY id"
         )
         return [
             SentRound(
@@ -299,8 +302,9 @@ class LocalStore:
                 ),
                 json.loads(metrics),
                 bytes_sent,
+                privacy_mode,
             )
-            for at, server_round, tensors, metrics, bytes_sent in rows
+            for at, server_round, tensors, metrics, bytes_sent, privacy_mode in rows
         ]
 
     def save_round(
@@ -328,14 +332,15 @@ class LocalStore:
             )
         self._set_meta(db, "rounds_trained", str(int(rounds_trained)))
         db.execute(
-            "INSERT INTO sent_rounds (at, server_round, tensors, metrics, bytes_sent) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO sent_rounds (at, server_round, tensors, metrics, bytes_sent, "
+            "privacy_mode) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 sent.at,
                 sent.server_round,
                 json.dumps([t.__dict__ | {"shape": list(t.shape)} for t in sent.tensors]),
                 json.dumps(sent.metrics),
                 sent.bytes_sent,
+                sent.privacy_mode,
             ),
         )
 
