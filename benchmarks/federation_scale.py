@@ -3,9 +3,11 @@ the time go.
 
 1. Profile: ``train_round`` (the code every Flower client runs) on a sample of users of the
    synthetic ML-1M-shaped data, in this process, with each phase timed.
-2. Run: ``fedrec simulate +experiment=synthetic_ml1m_federated_dp`` (all 6,040 users are
-   Flower clients; the config says how many train per round) and record the wall time per
-   round. The difference between (1) × clients and (2) is Flower/Ray messaging and scheduling.
+2. Run: ``fedrec simulate +experiment=synthetic_ml1m_federated_dp`` on the per-user engine
+   (all 6,040 users are Flower clients; 60 train and 60 evaluate per round unless overridden)
+   and record the wall time per round. ``benchmarks/cohort_speed.py`` measures the cohort
+   engine that the scenario itself now uses. The difference between (1) × clients and (2)
+   is Flower/Ray messaging and scheduling.
 
     python benchmarks/federation_scale.py [--profile-users 100] [--override key=value ...]
 """
@@ -97,7 +99,16 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = compose("simulate", ["+experiment=synthetic_ml1m_federated_dp", *args.override])
+    per_user = [
+        "federation.engine=per_user",
+        "federation.clients_per_round=60",
+        "federation.eval_clients_per_round=60",
+        "federation.rounds=2",
+        "federation.eval_every_rounds=1",
+    ]
+    cfg = compose(
+        "simulate", ["+experiment=synthetic_ml1m_federated_dp", *per_user, *args.override]
+    )
     phases, per_update, median_size = profile(cfg, args.profile_users)
     rows = [
         [name, f"{seconds * 1000:.1f}", f"{seconds / per_update:.0%}"]

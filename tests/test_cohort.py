@@ -26,7 +26,11 @@ def _users(num_items: int, explicit: bool, seed: int = 0) -> list[LocalData]:
 
 def _items(num_items: int, dim: int, explicit: bool) -> dict[str, np.ndarray]:
     model = MatrixFactorization(
-        1, num_items, dim, explicit=explicit, global_mean=3.5,
+        1,
+        num_items,
+        dim,
+        explicit=explicit,
+        global_mean=3.5,
         generator=torch.Generator().manual_seed(7),
     )
     return model.item_state()
@@ -44,21 +48,37 @@ def _compare(items, users, training, privacy, explicit, rounds=2, chunk_size=4):
             for key, data in enumerate(users)
         ]
         fast = train_cohort(
-            items, members, model_spec=spec, training=training, privacy=privacy,
-            explicit=explicit, server_round=server_round, chunk_size=chunk_size,
+            items,
+            members,
+            model_spec=spec,
+            training=training,
+            privacy=privacy,
+            explicit=explicit,
+            server_round=server_round,
+            chunk_size=chunk_size,
             keep_updates=True,
         )
         assert [o.status for o in fast.outcomes] == ["trained"] * len(users)
         total = {name: np.zeros_like(a) for name, a in items.items()}
         for key, data in enumerate(users):
             slow = train_round(
-                items, data, states[key], model_spec=spec, training=training, privacy=privacy,
-                explicit=explicit, seed=seeds[key], server_round=server_round,
+                items,
+                data,
+                states[key],
+                model_spec=spec,
+                training=training,
+                privacy=privacy,
+                explicit=explicit,
+                seed=seeds[key],
+                server_round=server_round,
             )
             outcome = fast.outcomes[key]
             for name, array in slow.item_update.items():
                 np.testing.assert_allclose(
-                    fast.updates[key][name], array, rtol=1e-4, atol=2e-6,
+                    fast.updates[key][name],
+                    array,
+                    rtol=1e-4,
+                    atol=2e-6,
                     err_msg=f"user {key} (n={len(data.train_items)}), {name}, round {server_round}",
                 )
                 total[name] += array
@@ -85,8 +105,9 @@ def test_dp_rounds_equal_the_opacus_device_round(optimizer: str, explicit: bool)
         epochs=2, batch_size=32, lr=0.05, optimizer=optimizer, l2=0.01, num_negatives=3
     )
     privacy = PrivacySpec(mode="record", noise_multiplier=0.7, max_grad_norm=0.3)
-    _compare(_items(num_items, 8, explicit), _users(num_items, explicit), training, privacy,
-             explicit)
+    _compare(
+        _items(num_items, 8, explicit), _users(num_items, explicit), training, privacy, explicit
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -135,7 +156,10 @@ def test_cohort_federation_equals_the_per_user_federation(tmp_path) -> None:
         np.testing.assert_allclose(fast_table[name], array, rtol=1e-4, atol=1e-6)
     for key, value in slow.items():
         assert fast[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
-    rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (slow_dir, fast_dir)]
+    rows = []
+    for run_dir in (slow_dir, fast_dir):
+        with open(run_dir / "metrics.csv") as handle:
+            rows.append(list(csv.DictReader(handle)))
     for slow_row, fast_row in zip(*rows, strict=True):
         for column in ("sampled", "accepted", "rejected", "failed", "clients_with_epsilon"):
             assert fast_row[column] == slow_row[column], column
@@ -149,3 +173,67 @@ def test_cohort_engine_refuses_user_level_dp(tmp_path) -> None:
     cfg = compose("simulate", ["federation.engine=cohort", "privacy=user"])
     with pytest.raises(ValueError, match="engine=per_user"):
         prepare_federation(cfg)
+
+
+def test_a_user_at_budget_sits_out_and_the_others_train() -> None:
+    items, users = _items(40, 8, False), _users(40, False)[:3]
+    spec = ModelSpec(embedding_dim=8)
+    training = LocalTrainingSpec(epochs=1, batch_size=32, optimizer="sgd", num_negatives=2)
+    privacy = PrivacySpec(mode="record", noise_multiplier=1.5, target_epsilon=8.0)
+    members = [CohortMember(k, d, DeviceState(), k) for k, d in enumerate(users)]
+    first = train_cohort(
+        items,
+        members,
+        model_spec=spec,
+        training=training,
+        privacy=privacy,
+        explicit=False,
+        server_round=1,
+    )
+    # User 0 (one interaction: sampling rate 1) has spent the most; give them a budget just
+    # above what they spent so that one more round would overspend it.
+    spent = first.outcomes[0].epsilon
+    tight = PrivacySpec(mode="record", noise_multiplier=1.5, target_epsilon=spent * 1.01)
+    members = [CohortMember(o.key, users[o.key], o.state, 10 + o.key) for o in first.outcomes]
+    second = train_cohort(
+        items,
+        members,
+        model_spec=spec,
+        training=training,
+        privacy=tight,
+        explicit=False,
+        server_round=2,
+    )
+    statuses = {o.key: o.status for o in second.outcomes}
+    assert statuses[0] == "budget_exhausted"
+    assert second.outcomes[0].state is members[0].state  # nothing charged, nothing kept
+    assert second.outcomes[0].epsilon == spent
+    assert second.weight_sum == sum(s == "trained" for s in statuses.values())
+    for outcome in second.outcomes:
+        if outcome.status == "trained":
+            assert outcome.epsilon <= tight.target_epsilon
+            assert len(outcome.state.ledger.entries) == 2
+
+
+def test_bad_requests_are_refused_with_a_reason() -> None:
+    items, users = _items(40, 8, False), _users(40, False)[:2]
+    members = [CohortMember(k, d, DeviceState(), k) for k, d in enumerate(users)]
+    common = dict(model_spec=ModelSpec(embedding_dim=8), privacy=PrivacySpec(), explicit=False)
+    with pytest.raises(ValueError, match="adagrad"):
+        train_cohort(items, members, training=LocalTrainingSpec(optimizer="adagrad"), **common)
+    with pytest.raises(ValueError, match="expected"):
+        train_cohort(
+            {"item_embedding.weight": items["item_embedding.weight"]},
+            members,
+            training=LocalTrainingSpec(),
+            **common,
+        )
+    empty = LocalData(num_items=40, train_items=np.empty(0, dtype=np.int64))
+    result = train_cohort(
+        items,
+        [*members, CohortMember(9, empty, DeviceState(), 9)],
+        training=LocalTrainingSpec(),
+        **common,
+    )
+    assert [o.status for o in result.outcomes] == ["trained", "trained", "failed"]
+    assert "no training interactions" in result.outcomes[2].reason
