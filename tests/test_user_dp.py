@@ -300,3 +300,31 @@ def test_both_modes_together_report_both_guarantees(tmp_path):
     assert summary["epsilon_per_user"]["max"] == final["epsilon_max"]
     assert summary["user_level"]["epsilon"] == final["user_level_epsilon"]
     assert 0 <= final["ndcg@10"] <= 1
+
+
+def test_rounds_without_sampled_clients_still_release_noise_with_fedadam(tmp_path):
+    # q = 1/4 over 4 clients: some rounds sample nobody (Poisson sampling). Those rounds are
+    # releases too (noise only), so the user-level ε grows every round, whoever took part.
+    overrides = [
+        "dataset=ml100k",
+        "privacy=user",
+        "strategy=fedadam",
+        "strategy.server_lr=0.01",
+        "federation.num_clients=4",
+        "federation.clients_per_round=1",
+        "federation.rounds=4",
+        "federation.local.epochs=1",
+        "federation.eval_clients_per_round=0",
+        "federation.ray_cpus=2",
+    ]
+    final = run_simulate(compose("simulate", overrides), tmp_path)
+    rows = _rows(tmp_path)
+    assert 0 in [int(r["sampled"]) for r in rows]
+    fresh = RDPAccountant()
+    for rounds, row in enumerate(rows, start=1):
+        fresh.history = [(1.0, 0.25, rounds)]
+        expected = fresh.get_epsilon(delta=DELTA)
+        assert float(row["user_level_epsilon"]) == pytest.approx(expected, rel=1e-9)
+    table = np.load(tmp_path / "item_table.npz")
+    assert all(np.isfinite(table[name]).all() for name in table.files)
+    assert final["user_level_epsilon"] == float(rows[-1]["user_level_epsilon"])
