@@ -123,7 +123,7 @@ def cohort_profile(cfg, items, members) -> list[list[str]]:
     cohort_rate(cfg, items, members)
     profiler.disable()
     stats = pstats.Stats(profiler).stats
-    total = sum(tt for (_, _, _, tt, _) in stats.values())
+    total = sum(tottime for (_, _, tottime, _, _) in stats.values())
     spent = dict.fromkeys(PROFILE_GROUPS.values(), 0.0)
     for (filename, _, name), (_, _, tottime, _, _) in stats.items():
         for fragment, group in PROFILE_GROUPS.items():
