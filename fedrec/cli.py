@@ -41,10 +41,17 @@ def _sweep_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
     return SweepJobConfig, run_sweep, "ndcg@10"
 
 
+def _audit_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
+    from fedrec.jobs.audit import AuditJobConfig, run_audit
+
+    return AuditJobConfig, run_audit, "auc_no_dp"
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[..., dict[str, float]], str]]]] = {
     "train": ("centralized, non-private MF reference", _train_job),
     "simulate": ("federated (DP-)MF, one Flower client per user", _simulate_job),
     "sweep": ("privacy budget vs accuracy: one federation per (mode, ε, seed)", _sweep_job),
+    "audit": ("what a curious or active server learns about users' items, per ε", _audit_job),
 }
 
 
