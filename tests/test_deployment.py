@@ -278,10 +278,11 @@ def test_deployment_with_tls_and_node_auth_trains_from_stores(tmp_path):
     rows = list(csv.DictReader(metrics_file.open()))
     trained = rows[-1]
     assert [row["server_round"] for row in rows] == ["0", "1"]
-    # Alice and Bob trained and were averaged; Carol declined (no consent) and was left out.
-    # Carol's metrics-only reply is counted as rejected (see fedrec.client.app) and the round
-    # goes on with Alice's update; only Alice is evaluated.
-    assert (trained["sampled"], trained["accepted"], trained["rejected"]) == ("2", "1", "1")
+    # Alice trained; Carol declined (no consent): her metrics-only reply is counted as
+    # declined, not as a rejected update, and the round goes on with Alice's update; only Alice
+    # is evaluated.
+    assert (trained["sampled"], trained["accepted"], trained["declined"]) == ("2", "1", "1")
+    assert trained["rejected"] == "0"
     assert trained["failed"] == "0"
     assert float(trained["epsilon_max"]) > 0 and float(trained["train_loss"]) > 0
     assert [float(row["num_users"]) for row in rows] == [1.0, 1.0]

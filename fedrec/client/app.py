@@ -29,7 +29,9 @@ from fedrec.client.messages import (
     ARRAYS_KEY,
     BUDGET_EXHAUSTED,
     CONFIG_KEY,
+    CONSENT_MISSING,
     METRICS_KEY,
+    NO_TRAINING_DATA,
     NUM_EXAMPLES,
     RoundSettings,
     parse_round_config,
@@ -39,7 +41,6 @@ from fedrec.client.trainer import evaluate_user, train_round
 from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
 STORE_KEY, HOLDOUT_KEY = "store", "holdout-latest"
-CONSENT_MISSING, NO_TRAINING_DATA = "consent_missing", "no_training_data"
 Reply = tuple[dict[str, np.ndarray] | None, dict[str, float]]  # (item update or None, metrics)
 
 

@@ -22,6 +22,10 @@ CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 NUM_EXAMPLES = "num-examples"  # the weight key Flower's strategies average by
 BUDGET_EXHAUSTED = "budget_exhausted"  # a train reply without arrays: the user's ε is spent
+# Train replies without arrays in which the user declines the round: no consent, or nothing
+# consented to train on. Not a fault and not a hostile update; the server counts them apart.
+CONSENT_MISSING, NO_TRAINING_DATA = "consent_missing", "no_training_data"
+DECLINED = (CONSENT_MISSING, NO_TRAINING_DATA)
 
 
 class RoundRefused(ValueError):

@@ -262,7 +262,7 @@ def run_simulate(
         final["user_level_epsilon"] = last.get("user_level_epsilon", 0.0)
     totals = {
         key: sum(row.get(key, 0) for row in recorder.rows)
-        for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted")
+        for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted", "declined")
     }
     metric_names = [*final]
     recorder.plot("server_round", ["train_loss", *metric_names], "federated MF")

@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
-from fedrec.client.messages import ARRAYS_KEY, BUDGET_EXHAUSTED, METRICS_KEY
+from fedrec.client.messages import ARRAYS_KEY, BUDGET_EXHAUSTED, DECLINED, METRICS_KEY
 from fedrec.eval.metrics import average_over_users
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.registry import Registry
@@ -67,6 +67,7 @@ class RoundRecord:
     failed: int = 0
     rejected: int = 0
     budget_exhausted: int = 0
+    declined: int = 0  # users who declined the round (no consent, nothing consented to train on)
     train_loss: float = float("nan")
     evaluation: dict[str, float] = field(default_factory=dict)
     epsilon_min: float = 0.0
@@ -145,6 +146,9 @@ class ValidatedDeltaMixin:
                 cohort_users = self._count_cohort_users(metrics, cohort_users)
                 if not reply.content.array_records:
                     continue
+            elif any(metrics.get(key) for key in DECLINED) and not reply.content.array_records:
+                self.record.declined += 1  # the user did not consent: nothing was trained
+                continue
             elif metrics.get(BUDGET_EXHAUSTED) and not reply.content.array_records:
                 self.record.budget_exhausted += 1
                 spent = float(metrics.get("epsilon", 0.0))
