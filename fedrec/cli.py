@@ -47,11 +47,18 @@ def _audit_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
     return AuditJobConfig, run_audit, "auc_no_dp"
 
 
+def _poison_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
+    from fedrec.jobs.poison import PoisonJobConfig, run_poison
+
+    return PoisonJobConfig, run_poison, "exposure@10"
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[..., dict[str, float]], str]]]] = {
     "train": ("centralized, non-private MF reference", _train_job),
     "simulate": ("federated (DP-)MF, one Flower client per user", _simulate_job),
     "sweep": ("privacy budget vs accuracy: one federation per (mode, ε, seed)", _sweep_job),
     "audit": ("what a curious or active server learns about users' items, per ε", _audit_job),
+    "poison": ("malicious clients promote a target item; the server's defenses", _poison_job),
 }
 
 
