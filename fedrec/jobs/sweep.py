@@ -32,6 +32,7 @@ class SweepMode:
     overrides: Callable[[float], list[str]]
     epsilon_key: str  # in the dict run_simulate returns
     guarantee: str  # what its ε refers to, for the table
+    protects: str = ""  # the unit its ε protects, for the plot's legend
 
 
 SWEEP_MODES: dict[str, SweepMode] = {
@@ -40,6 +41,7 @@ SWEEP_MODES: dict[str, SweepMode] = {
         lambda eps: ["privacy=budget", f"privacy.target_epsilon={eps}"],
         "epsilon_max",
         "record-level, max over users",
+        "interaction",
     ),
     "user": SweepMode(
         lambda eps: [
@@ -49,6 +51,7 @@ SWEEP_MODES: dict[str, SweepMode] = {
         ],
         "user_level_epsilon",
         "user-level (server)",
+        "user",
     ),
 }
 MODES = tuple(m for m in SWEEP_MODES if m != "none")
@@ -178,7 +181,7 @@ def plot(summary: list[dict], metrics: list[str], path: Path) -> None:
                 yerr=[s[f"{metric}_std"] for s in points],
                 marker="o",
                 capsize=3,
-                label=f"{mode}-level DP (ε per {'interaction' if mode == 'record' else mode})",
+                label=f"{mode}-level DP (ε per {SWEEP_MODES[mode].protects})",
             )
         for s in (s for s in summary if s["mode"] == "none"):
             ax.axhline(s[f"{metric}_mean"], linestyle="--", color="grey", label="no DP (ε = ∞)")
