@@ -123,7 +123,7 @@ def test_withdrawal_stops_participation_at_once(client, monkeypatch):
     before = (client.store.arrays(USER_ARRAYS), client.store.ledger())
 
     # The user withdraws from another connection (the app's UI) while the round trains.
-    real_trainer = local_client_module.train_round
+    real_trainer = local_client_module.train_user_round
 
     def trainer_then_withdrawal(*args, **kwargs):
         result = real_trainer(*args, **kwargs)
@@ -131,7 +131,7 @@ def test_withdrawal_stops_participation_at_once(client, monkeypatch):
             ui.withdraw_consent()
         return result
 
-    monkeypatch.setattr(local_client_module, "train_round", trainer_then_withdrawal)
+    monkeypatch.setattr(local_client_module, "train_user_round", trainer_then_withdrawal)
     with pytest.raises(ConsentRequired, match="withdrawn during the round"):
         client.train_round(item_arrays(), settings(2))
     # Nothing of the discarded round was kept: embedding, ledger and sent-log are as before.

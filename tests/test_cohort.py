@@ -237,3 +237,54 @@ def test_bad_requests_are_refused_with_a_reason() -> None:
     )
     assert [o.status for o in result.outcomes] == ["trained", "trained", "failed"]
     assert "no training interactions" in result.outcomes[2].reason
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        PrivacySpec(mode="record", noise_multiplier=0.9, max_grad_norm=0.5),
+        PrivacySpec(mode="both", noise_multiplier=0.9, user_clip_norm=0.05),
+        PrivacySpec(),
+    ],
+    ids=["record", "both", "none"],
+)
+def test_one_user_round_keeps_train_rounds_contract(privacy: PrivacySpec) -> None:
+    from fedrec.cohort.trainer import train_user_round
+    from fedrec.privacy.user_level import update_norm
+
+    items, data = _items(40, 8, False), _users(40, False)[4]
+    common = dict(
+        model_spec=ModelSpec(embedding_dim=8),
+        training=LocalTrainingSpec(epochs=2, batch_size=8, optimizer="adam", num_negatives=2),
+        privacy=privacy,
+        explicit=False,
+        seed=3,
+        server_round=1,
+    )
+    slow = train_round(items, data, DeviceState(), **common)
+    fast = train_user_round(items, data, DeviceState(), **common)
+    for name, array in slow.item_update.items():
+        np.testing.assert_allclose(fast.item_update[name], array, rtol=1e-4, atol=2e-6)
+    assert (fast.steps, fast.sample_rate) == (slow.steps, slow.sample_rate)
+    assert fast.epsilon == pytest.approx(slow.epsilon, rel=1e-9)
+    if privacy.user_level:
+        assert update_norm(fast.item_update) <= privacy.user_clip_norm
+
+
+def test_one_user_round_at_budget_raises_like_the_device() -> None:
+    from fedrec.cohort.trainer import train_user_round
+    from fedrec.privacy.ledger import PrivacyBudgetExhausted
+
+    items, data = _items(40, 8, False), _users(40, False)[0]
+    privacy = PrivacySpec(mode="record", noise_multiplier=0.5, target_epsilon=1.0)
+    with pytest.raises(PrivacyBudgetExhausted):
+        train_user_round(
+            items,
+            data,
+            DeviceState(),
+            model_spec=ModelSpec(embedding_dim=8),
+            training=LocalTrainingSpec(),
+            privacy=privacy,
+            explicit=False,
+            seed=0,
+        )

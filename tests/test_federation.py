@@ -122,6 +122,7 @@ def test_federation_improves_over_the_untrained_model(plain_run):
         "failed": 0,
         "rejected": 0,
         "budget_exhausted": 0,
+        "declined": 0,
     }
     assert (run_dir / "metrics.png").exists() and (run_dir / "item_table.npz").exists()
 
