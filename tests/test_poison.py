@@ -52,10 +52,12 @@ def test_boosting_raises_exposure_and_norm_bounding_lowers_it(federation):
     boost = AttackSpec(kind="boost", fraction=0.1, popular_items=10, scale=20.0)
     clean = _final_exposure(federation, AttackSpec(kind="none"), DefenseSpec(name="none"))
     attacked = _final_exposure(federation, boost, DefenseSpec(name="none"))
-    defended = _final_exposure(federation, boost, DefenseSpec(name="norm_bound"))
+    rejected = _final_exposure(federation, boost, DefenseSpec(name="norm_bound", action="reject"))
+    clipped = _final_exposure(federation, boost, DefenseSpec(name="norm_bound"))
     assert clean < 0.05
     assert attacked > clean + 0.2
-    assert defended < attacked / 2
+    assert rejected < attacked / 2  # as the strategy's max_update_norm: scaled fakes dropped
+    assert clipped < attacked  # the default: the fakes still count, at 3x the median norm
 
 
 def test_target_is_the_coldest_item_with_data():
@@ -75,8 +77,9 @@ def test_defense_rules_by_hand():
     assert aggregate(updates, DefenseSpec(name="none"))["w"][0, 0] == pytest.approx(104 / 3)
     assert aggregate(updates, DefenseSpec(name="median"))["w"][0, 0] == 3.0
     # bound 3 × median norm 3 = 9: the 100 is rejected, or clipped to 9
-    assert aggregate(updates, DefenseSpec(name="norm_bound"))["w"][0, 0] == 2.0
-    clipped = aggregate(updates, DefenseSpec(name="norm_bound", action="clip"))["w"][0, 0]
+    rejected = aggregate(updates, DefenseSpec(name="norm_bound", action="reject"))["w"][0, 0]
+    assert rejected == 2.0
+    clipped = aggregate(updates, DefenseSpec(name="norm_bound"))["w"][0, 0]
     assert clipped == pytest.approx((1 + 3 + 9) / 3, rel=1e-5)
     # Krum with f = 0: the update with the smallest distance to its n − 2 = 1 nearest: 1 or 3
     assert aggregate(updates, DefenseSpec(name="krum", num_malicious=0))["w"][0, 0] in (1.0, 3.0)

@@ -28,8 +28,8 @@ Update = dict[str, np.ndarray]
 class DefenseSpec:
     """Mirrors ``configs/defense/*.yaml``.
 
-    ``norm_bound``: updates whose L2 norm exceeds the bound are rejected (``action: reject``,
-    as the strategy's ``max_update_norm`` does) or scaled down to it (``clip``); the bound is
+    ``norm_bound``: updates whose L2 norm exceeds the bound are scaled down to it (``clip``)
+    or rejected (``reject``, as the strategy's ``max_update_norm`` does); the bound is
     ``max_update_norm``, or, when that is null, ``norm_multiple`` × the median norm of the
     round's updates (the server cannot know a fixed scale in advance). ``trimmed_mean``: the
     fraction ``beta`` cut at each end, per coordinate (FedTrimmedAvg). ``krum``: Krum/MultiKrum
@@ -39,7 +39,7 @@ class DefenseSpec:
     name: str = "none"
     max_update_norm: float | None = None
     norm_multiple: float = 3.0
-    action: str = "reject"
+    action: str = "clip"
     beta: float = 0.1
     num_malicious: int = 5
     num_selected: int = 1
