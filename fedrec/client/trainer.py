@@ -95,7 +95,8 @@ class RoundResult:
     epsilon: float  # over the whole run so far, at privacy.delta; 0 without DP
 
 
-def _generator(seed: int | None) -> torch.Generator:
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """The one generator a device round draws everything from (None: fresh OS entropy)."""
     generator = torch.Generator()
     if seed is None:
         generator.seed()
@@ -174,7 +175,7 @@ def train_round(
         raise ValueError("this user has no training interactions")
     if explicit and data.train_ratings is None:
         raise ValueError("explicit training needs the user's ratings")
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     model = local_model(
         item_arrays, state, model_spec=model_spec, explicit=explicit, generator=generator
     )
@@ -310,7 +311,7 @@ def evaluate_user(
     """
     if len(data.test_items) == 0:
         raise ValueError("this user has no test interactions to evaluate")
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     model = local_model(
         item_arrays, state, model_spec=model_spec, explicit=explicit, generator=generator
     )

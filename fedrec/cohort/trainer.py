@@ -31,6 +31,7 @@ from fedrec.client.trainer import (
     RoundResult,
     device_noise_multiplier,
     ledger_for,
+    seeded_generator,
     train_round,
 )
 from fedrec.model.mf import ITEM_SIDE, USER_SIDE, ModelSpec
@@ -192,15 +193,6 @@ def _check_item_arrays(received: dict[str, torch.Tensor], explicit: bool) -> Non
         raise ValueError("item arrays: expected a [items, dim] table and [items, 1] biases")
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
 def _plan(
     index: int,
     member: CohortMember,
@@ -217,7 +209,7 @@ def _plan(
         raise ValueError("explicit training needs the user's ratings")
     batch_size = min(training.batch_size, n)
     steps_per_epoch = math.ceil(n / batch_size)
-    plan = _Plan(index, member, _generator(member.seed), batch_size, steps_per_epoch)
+    plan = _Plan(index, member, seeded_generator(member.seed), batch_size, steps_per_epoch)
     if privacy.record_level:
         ledger = ledger_for(member.state, privacy)
         noise_multiplier = device_noise_multiplier(privacy, steps_per_epoch, training.epochs)
