@@ -29,6 +29,7 @@ from fedrec.client.data_source import SplitUserSource
 from fedrec.client.trainer import LocalData
 from fedrec.run_dir import RunRecorder
 from fedrec.server.app import run_federation
+from fedrec.server.checkpoint import CHECKPOINT_FILE
 
 OVERRIDES_KEY = "overrides"
 RUN_DIR_KEY = "run-dir"
@@ -72,6 +73,7 @@ def main(grid: Grid, context: Context) -> None:
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = Path(str(context.run_config.get(RUN_DIR_KEY) or f"runs/flwr/{stamp}"))
     recorder = RunRecorder(run_dir)
+    plan.checkpoint_path = run_dir / CHECKPOINT_FILE  # a record of every round; resume: simulate
 
     def on_finish(arrays: dict[str, np.ndarray]) -> None:
         np.savez_compressed(run_dir / "item_table.npz", **arrays)

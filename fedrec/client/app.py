@@ -5,7 +5,8 @@ A node serves one user from one of two places, picked by its node config:
   and evaluation go through the client object, so its consent gate, privacy ledger and sent-log
   apply; ``holdout-latest=n`` holds the newest n interactions out for evaluation (default 1).
 - otherwise (simulation): ``source`` (e.g. a split, by ``partition-id``), with the device state
-  kept in Flower's ``Context.state``.
+  kept in Flower's ``Context.state``, or, with ``state_store`` (a per-run SQLite file, see
+  :mod:`fedrec.client.state_store`), there, so that it survives the simulation's processes.
 
 A user who has not consented, or has nothing consented to train on, replies with metrics only
 (``num-examples`` 0 and ``consent_missing`` 1 or ``no_training_data`` 1): nothing is trained or
@@ -14,6 +15,7 @@ sent, and the round goes on without them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,14 +35,19 @@ from fedrec.client.messages import (
     METRICS_KEY,
     NO_TRAINING_DATA,
     NUM_EXAMPLES,
+    ROUND_REFUSED,
+    RoundRefused,
     RoundSettings,
+    check_received_arrays,
     parse_round_config,
     user_seed,
 )
-from fedrec.client.trainer import evaluate_user, train_round
+from fedrec.client.state_store import DeviceStateStore
+from fedrec.client.trainer import DeviceState, evaluate_user, train_round
 from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
 STORE_KEY, HOLDOUT_KEY = "store", "holdout-latest"
+logger = logging.getLogger("fedrec.client")
 Reply = tuple[dict[str, np.ndarray] | None, dict[str, float]]  # (item update or None, metrics)
 
 
@@ -48,6 +55,12 @@ def _request(msg: Message):
     settings = parse_round_config(dict(msg.content[CONFIG_KEY]))
     arrays = {name: array.numpy() for name, array in msg.content[ARRAYS_KEY].items()}
     return settings, arrays
+
+
+def _refusal(msg: Message, err: RoundRefused, metrics: dict[str, float]) -> Message:
+    """The reply to a request the device will not serve: the given metrics only, no arrays."""
+    logger.warning("refused the server's %s request: %s", msg.metadata.message_type, err)
+    return _message(msg, (None, metrics))
 
 
 def _message(msg: Message, reply: Reply) -> Message:
@@ -92,17 +105,58 @@ def evaluate_from_store(
     return {NUM_EXAMPLES: 1, "evaluated": int(bool(metrics)), **metrics}
 
 
-def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
+def _load_state(
+    context: Context,
+    state_store: str | None,
+    user_key: int,
+    settings: RoundSettings,
+    *,
+    after: bool,
+) -> DeviceState:
+    """The device state for this round: from the per-run store if there is one (``after``: the
+    state once this round's training is done, for evaluation), else from ``Context.state``."""
+    if state_store is None:
+        return load_device_state(context.state)
+    with DeviceStateStore(state_store) as store:
+        return store.load(
+            user_key,
+            settings.server_round + int(after),
+            replay_identical=settings.seed >= 0,
+        )
+
+
+def _save_state(
+    context: Context, state_store: str | None, user_key: int, server_round: int, state
+) -> None:
+    if state_store is None:
+        store_device_state(context.state, state)
+        return
+    with DeviceStateStore(state_store) as store:
+        store.save(user_key, server_round, state)
+
+
+def build_client_app(
+    source: UserDataSource, mods: Sequence = (), state_store: str | None = None
+) -> ClientApp:
+    """The simulation's (and ``flwr run``'s) ClientApp; ``state_store``: see the module doc."""
     app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        settings, arrays = _request(msg)
+        refused = {NUM_EXAMPLES: 0, ROUND_REFUSED: 1}
+        try:
+            settings, arrays = _request(msg)
+        except RoundRefused as err:
+            return _refusal(msg, err, refused)
         node_config = dict(context.node_config)
         if STORE_KEY in node_config:
             return _message(msg, train_from_store(node_config, arrays, settings))
         user_key, data = source.local_data(node_config, dict(context.run_config))
-        state = load_device_state(context.state)
+        try:
+            check_received_arrays(arrays, settings, num_items=data.num_items)
+        except RoundRefused as err:
+            return _refusal(msg, err, refused)
+        state = _load_state(context, state_store, user_key, settings, after=False)
         try:
             result = train_round(
                 arrays,
@@ -121,7 +175,7 @@ def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
             return _message(msg, (None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}))
         # The state (user embedding, ledger) is saved before the update leaves: a device that
         # drops after this point has still recorded the privacy it spent.
-        store_device_state(context.state, result.state)
+        _save_state(context, state_store, user_key, settings.server_round, result.state)
         weight = len(data.train_items) if settings.weight_by_examples else 1
         metrics = {
             NUM_EXAMPLES: weight,
@@ -133,17 +187,24 @@ def build_client_app(source: UserDataSource, mods: Sequence = ()) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        settings, arrays = _request(msg)
+        metrics: dict[str, float] = {NUM_EXAMPLES: 1, "evaluated": 0}
+        try:
+            settings, arrays = _request(msg)
+        except RoundRefused as err:
+            return _refusal(msg, err, metrics)
         node_config = dict(context.node_config)
         if STORE_KEY in node_config:
             return _message(msg, (None, evaluate_from_store(node_config, arrays, settings)))
         user_key, data = source.local_data(node_config, dict(context.run_config))
-        metrics: dict[str, float] = {NUM_EXAMPLES: 1, "evaluated": 0}
+        try:
+            check_received_arrays(arrays, settings, num_items=data.num_items)
+        except RoundRefused as err:
+            return _refusal(msg, err, metrics)
         if len(data.test_items):
             metrics |= evaluate_user(
                 arrays,
                 data,
-                load_device_state(context.state),
+                _load_state(context, state_store, user_key, settings, after=True),
                 model_spec=settings.model,
                 eval_spec=settings.evaluation,
                 explicit=settings.explicit,

@@ -13,8 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
-from fedrec.model.mf import ModelSpec
+from fedrec.model.mf import ITEM_SIDE, ModelSpec
 from fedrec.privacy.dp_sgd import PrivacySpec
 
 ARRAYS_KEY = "arrays"
@@ -26,6 +28,10 @@ BUDGET_EXHAUSTED = "budget_exhausted"  # a train reply without arrays: the user'
 # consented to train on. Not a fault and not a hostile update; the server counts them apart.
 CONSENT_MISSING, NO_TRAINING_DATA = "consent_missing", "no_training_data"
 DECLINED = (CONSENT_MISSING, NO_TRAINING_DATA)
+# A train reply without arrays: the device refused the server's request (absurd settings, a
+# table it did not expect). The reason stays in the device's log; the server counts it.
+ROUND_REFUSED = "round_refused"
+MAX_EMBEDDING_DIM = 4096  # a device's own ceiling on the model size a server may ask for
 
 
 class RoundRefused(ValueError):
@@ -96,6 +102,13 @@ def parse_round_config(config: dict[str, Any]) -> RoundSettings:
         typed = {key: kind(scalars[key]) for key, kind in _SCALARS.items()}
     except (TypeError, ValueError) as err:
         raise RoundRefused(f"bad config: {err}") from None
+    model = built["model"]
+    if not 1 <= model.embedding_dim <= MAX_EMBEDDING_DIM:
+        raise RoundRefused(
+            f"model.embedding_dim={model.embedding_dim}; expected 1..{MAX_EMBEDDING_DIM}"
+        )
+    if not 0 < model.init_std <= 10:
+        raise RoundRefused(f"model.init_std={model.init_std}; expected 0 < init_std <= 10")
     return RoundSettings(
         model=built["model"],
         training=built["training"],
@@ -106,6 +119,29 @@ def parse_round_config(config: dict[str, Any]) -> RoundSettings:
         server_round=typed["server-round"],
         weight_by_examples=typed["weight_by_examples"],
     )
+
+
+def check_received_arrays(
+    arrays: dict[str, np.ndarray], settings: RoundSettings, *, num_items: int
+) -> None:
+    """Refuse (:class:`RoundRefused`) an item side this device did not expect: other names than
+    the item side of the model the settings describe, other shapes than ``num_items`` rows of
+    ``embedding_dim`` (biases: one column), a dtype other than float32/64, or non-finite values.
+    Checked before anything is trained, so a bad table costs no privacy and crashes nothing."""
+    expected = {"item_embedding.weight": (num_items, settings.model.embedding_dim)}
+    expected["item_bias.weight"] = (num_items, 1)
+    if settings.explicit:
+        expected["global_bias.weight"] = (1, 1)
+    if set(arrays) != set(expected) or not set(expected) <= set(ITEM_SIDE):
+        raise RoundRefused(f"item arrays {sorted(arrays)}; expected {sorted(expected)}")
+    for name, shape in expected.items():
+        value = arrays[name]
+        if tuple(value.shape) != shape:
+            raise RoundRefused(f"'{name}' has shape {tuple(value.shape)}; expected {shape}")
+        if value.dtype not in (np.float32, np.float64):  # FedAdam/FedYogi send float64
+            raise RoundRefused(f"'{name}' has dtype {value.dtype}; expected float32 or float64")
+        if not np.isfinite(value).all():
+            raise RoundRefused(f"'{name}' holds NaN or infinite values")
 
 
 def user_seed(settings: RoundSettings, user_key: int, purpose: int) -> int | None:

@@ -30,6 +30,7 @@ from fedrec.client.messages import (
     parse_round_config,
     user_seed,
 )
+from fedrec.client.state_store import DeviceStateStore
 from fedrec.client.trainer import DeviceState, evaluate_user
 from fedrec.cohort.trainer import CohortMember, train_cohort
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
@@ -96,16 +97,39 @@ def _members_of(plan, msg, context, evaluation):
     return [int(u) for u in chosen if block.start <= u < block.stop]
 
 
-def build_cohort_app(source: SplitUserSource, mods: Sequence = ()) -> ClientApp:
+def _stored_states(state_store: str, keys: list[int], settings, *, after: bool):
+    """These users' states from the per-run store (:mod:`fedrec.client.state_store`)."""
+    with DeviceStateStore(state_store) as store:
+        return {
+            key: store.load(
+                key, settings.server_round + int(after), replay_identical=settings.seed >= 0
+            )
+            for key in keys
+        }
+
+
+def build_cohort_app(
+    source: SplitUserSource, mods: Sequence = (), state_store: str | None = None
+) -> ClientApp:
+    """``state_store``: keep the users' states in this per-run SQLite file instead of the
+    node's ``Context.state``, so that they survive the process (a resumed run)."""
     app = ClientApp(mods=list(mods))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         plan, settings, arrays = _split_config(msg)
-        states = load_cohort_states(context.state)
+        chosen = [
+            (index, *source.local_data({"partition-id": index}))
+            for index in _members_of(plan, msg, context, evaluation=False)
+        ]
+        if state_store is None:
+            states = load_cohort_states(context.state)
+        else:
+            states = _stored_states(
+                state_store, [key for _, key, _ in chosen], settings, after=False
+            )
         members = []
-        for index in _members_of(plan, msg, context, evaluation=False):
-            key, data = source.local_data({"partition-id": index})
+        for _, key, data in chosen:
             seed = user_seed(settings, key, TRAIN_SEED)
             members.append(CohortMember(key, data, states.get(key, DeviceState()), seed))
         weights = [
@@ -122,11 +146,13 @@ def build_cohort_app(source: SplitUserSource, mods: Sequence = ()) -> ClientApp:
             weights=weights,
             chunk_size=plan.chunk_size,
         )
-        for outcome in result.outcomes:
-            if outcome.status in ("trained", "rejected"):
-                states[outcome.key] = outcome.state
+        changed = {o.key: o.state for o in result.outcomes if o.status in ("trained", "rejected")}
         # Saved before the reply leaves: the spend of every user who trained is recorded.
-        store_cohort_states(context.state, states)
+        if state_store is None:
+            store_cohort_states(context.state, states | changed)
+        elif changed:
+            with DeviceStateStore(state_store) as store:
+                store.save_many(settings.server_round, changed)
         counts = {f"users_{s}": sum(o.status == s for o in result.outcomes) for s in OUTCOMES}
         trained = [o for o in result.outcomes if o.status == "trained"]
         spent = [o for o in result.outcomes if o.status != "failed"]
@@ -150,12 +176,17 @@ def build_cohort_app(source: SplitUserSource, mods: Sequence = ()) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         plan, settings, arrays = _split_config(msg)
-        states = load_cohort_states(context.state)
+        chosen = [
+            source.local_data({"partition-id": index})
+            for index in _members_of(plan, msg, context, evaluation=True)
+        ]
+        chosen = [(key, data) for key, data in chosen if len(data.test_items)]
+        if state_store is None:
+            states = load_cohort_states(context.state)
+        else:
+            states = _stored_states(state_store, [key for key, _ in chosen], settings, after=True)
         per_user: list[dict[str, float]] = []
-        for index in _members_of(plan, msg, context, evaluation=True):
-            key, data = source.local_data({"partition-id": index})
-            if not len(data.test_items):
-                continue
+        for key, data in chosen:
             per_user.append(
                 evaluate_user(
                     arrays,

@@ -20,16 +20,19 @@ from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
 from fedrec.cohort.app import CohortPlan, build_cohort_app
 from fedrec.data import DatasetSpec, Split, load_split
 from fedrec.eval import EvalSpec
+from fedrec.jobs.faults import FaultInjector, FaultSpec
 from fedrec.model import ModelSpec
 from fedrec.privacy import PRIVACY_MODES, PrivacySpec
 from fedrec.privacy.user_level import plan_user_level
-from fedrec.run_dir import RunRecorder
+from fedrec.run_dir import CONFIG_YAML, RunRecorder
 from fedrec.server.app import ServerPlan, build_server_app
+from fedrec.server.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
 from fedrec.server.strategy import RoundRecord, StrategySpec
 
 logger = logging.getLogger("fedrec")
 
 WEIGHTINGS = ("uniform", "examples")
+STATE_STORE_FILE = "device_states.sqlite"
 ENGINES = ("per_user", "cohort")
 
 
@@ -41,7 +44,10 @@ class FederationSpec:
     client, 0 none. ``weighting``: ``uniform`` (default; a client's log size stays on the device)
     or ``examples`` (FedAvg by log size, which tells the server each user's count). ``local``
     is how each device trains in a round (``federation.local.epochs``, ``.lr``, ...): the very
-    settings the server sends.
+    settings the server sends. ``timeout_s``: how long the server waits for a round's replies;
+    ``min_replies``: a round with fewer accepted updates is skipped (not with user-level DP).
+    ``state_store``: simulated devices keep their state in ``device_states.sqlite`` in the run
+    directory (what makes ``resume=`` possible) rather than in the simulation's memory.
     """
 
     num_clients: int = 0
@@ -55,6 +61,8 @@ class FederationSpec:
     global_bias_init: float = 0.0
     eval_every_rounds: int = 1
     timeout_s: float = 3600.0
+    min_replies: int = 1
+    state_store: bool = True
     client_cpus: float = 1.0
     ray_cpus: int = 0  # 0: all cores
     # per_user: one Flower node per user (the deployment's shape). cohort: cohort_nodes nodes,
@@ -86,7 +94,9 @@ class SimulateJobConfig:
     federation: FederationSpec = field(default_factory=FederationSpec)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    faults: FaultSpec = field(default_factory=FaultSpec)
     seed: int = 0
+    resume: str = ""  # a run directory: continue that run after its last checkpointed round
 
 
 def choose_users(num_users: int, num_clients: int, seed: int) -> np.ndarray:
@@ -123,7 +133,8 @@ def _progress(record: RoundRecord, rounds: int) -> str:
     else:
         parts.append(
             f"{record.accepted}/{record.sampled} updates ({record.failed} failed, "
-            f"{record.rejected} rejected), loss {record.train_loss:.4f}"
+            f"{record.timed_out} timed out, {record.rejected} rejected), "
+            + ("SKIPPED (model unchanged)" if record.skipped else f"loss {record.train_loss:.4f}")
         )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in record.evaluation.items() if k != "num_users")
     if shown:
@@ -168,6 +179,8 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
         global_bias_init=fed.global_bias_init,
         eval_every_rounds=fed.eval_every_rounds,
         user_level=user_level,
+        min_replies=fed.min_replies,
+        crash_after_replies_of_round=cfg.faults.server_crash_round,
     )
     if fed.engine == "cohort":
         if user_level is not None:
@@ -175,7 +188,13 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
                 f"privacy.mode={cfg.privacy.mode} needs each user's clipped update at the "
                 "server: use federation.engine=per_user (the cohort engine sends node sums)"
             )
+        if cfg.faults.injects_client_faults:
+            raise ValueError(
+                "faults.dropout_rate/straggler_rate act per user node: use "
+                "federation.engine=per_user (a cohort node speaks for many users)"
+            )
         plan.cohort_nodes = min(fed.cohort_nodes, len(users))
+        plan.min_replies = min(plan.min_replies, plan.cohort_nodes)
         sample_seed = cfg.seed if cfg.seed >= 0 else int(np.random.SeedSequence().entropy % 2**31)
         plan.extra_config = CohortPlan(
             num_clients=len(users),
@@ -197,18 +216,63 @@ def round_reporter(recorder: RunRecorder, rounds: int):
     return on_round
 
 
+def load_run_config(run_dir: str | Path) -> SimulateJobConfig:
+    """The typed config a run directory's ``config.yaml`` holds."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG_YAML
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config to resume the run from")
+    merged = OmegaConf.merge(OmegaConf.structured(SimulateJobConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(merged)
+
+
+def _resume_point(cfg: SimulateJobConfig) -> tuple[SimulateJobConfig, Path, ServerCheckpoint]:
+    """``resume=<run dir>``: that run's own config (its injected server crash not repeated)
+    and its last checkpoint."""
+    run_dir = Path(cfg.resume)
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if not checkpoint_path.exists():
+        raise FileNotFoundError(f"{checkpoint_path}: no checkpoint; nothing to resume")
+    resumed = load_run_config(run_dir)
+    resumed.resume = ""
+    resumed.faults = dataclasses.replace(resumed.faults, server_crash_round=0)
+    return resumed, run_dir, load_checkpoint(checkpoint_path)
+
+
 def run_simulate(
     cfg: SimulateJobConfig, run_dir: str | Path, *, client_mods: Sequence = ()
 ) -> dict[str, float]:
     """Run the federation; return the last round's evaluation metrics (and ε).
 
     ``client_mods`` are Flower client mods added to every ClientApp (e.g. to audit messages).
+    With ``cfg.resume`` set, the run in that directory continues instead (``run_dir`` is then
+    only where this invocation's own log lives).
     """
     from flwr.simulation import run_simulation
 
     started = time.perf_counter()
+    checkpoint = None
+    if cfg.resume:
+        cfg, run_dir, checkpoint = _resume_point(cfg)
+        logger.info("resuming %s after round %d", run_dir, checkpoint.server_round)
+    run_dir = Path(run_dir)
     recorder = RunRecorder(run_dir)
+    if not (run_dir / CONFIG_YAML).exists():  # called without the CLI: keep what resume needs
+        from omegaconf import OmegaConf
+
+        recorder.write_config(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    state_store = run_dir / STATE_STORE_FILE if cfg.federation.state_store else None
+    if checkpoint is None and state_store is not None and state_store.exists():
+        raise ValueError(
+            f"{state_store} exists: {run_dir} holds a run; continue it with resume={run_dir} "
+            "or use a new directory"
+        )
+    for row in checkpoint.rows if checkpoint else []:
+        recorder.append(row)  # metrics.csv as of the checkpoint: a lost round is not kept
     split, source, plan = prepare_federation(cfg)
+    plan.resume = checkpoint
+    plan.checkpoint_path = run_dir / CHECKPOINT_FILE
     fed, users = cfg.federation, source.users
     logger.info(
         "federation: %d clients (users), %d per round, %d rounds, %d items; privacy %s",
@@ -223,10 +287,13 @@ def run_simulate(
         plan, on_round=round_reporter(recorder, fed.rounds), on_finish=finished.update
     )
     nodes = plan.cohort_nodes or len(users)
+    store_path = None if state_store is None else str(state_store)
+    if cfg.faults.injects_client_faults:  # outermost, so inner mods see a normal round
+        client_mods = [FaultInjector(cfg.faults, fed.timeout_s), *client_mods]
     if plan.cohort_nodes:
-        client_app = build_cohort_app(source, mods=client_mods)
+        client_app = build_cohort_app(source, mods=client_mods, state_store=store_path)
     else:
-        client_app = build_client_app(source, mods=client_mods)
+        client_app = build_client_app(source, mods=client_mods, state_store=store_path)
     ray_cpus = fed.ray_cpus or os.cpu_count() or 1
     run_simulation(
         server_app=server_app,
@@ -264,6 +331,8 @@ def run_simulate(
         key: sum(row.get(key, 0) for row in recorder.rows)
         for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted", "declined")
     }
+    faults = {key: sum(row.get(key, 0) for row in recorder.rows) for key in ("timed_out",)}
+    faults["rounds_skipped"] = sum(row.get("skipped", 0) for row in recorder.rows)
     metric_names = [*final]
     recorder.plot("server_round", ["train_loss", *metric_names], "federated MF")
     wall = time.perf_counter() - started
@@ -312,6 +381,11 @@ def run_simulate(
             },
             "final": final,
             "updates": totals,
+            "faults": {
+                **faults,
+                "injected": dataclasses.asdict(cfg.faults),
+                "resumed_after_round": None if checkpoint is None else checkpoint.server_round,
+            },
             **summary_privacy,
             "wall_time_s": wall,
             "seconds_per_round": [row["seconds"] for row in recorder.rows],

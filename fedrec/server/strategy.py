@@ -20,7 +20,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
-from fedrec.client.messages import ARRAYS_KEY, BUDGET_EXHAUSTED, DECLINED, METRICS_KEY
+from fedrec.client.messages import (
+    ARRAYS_KEY,
+    BUDGET_EXHAUSTED,
+    DECLINED,
+    METRICS_KEY,
+    ROUND_REFUSED,
+)
 from fedrec.eval.metrics import average_over_users
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.registry import Registry
@@ -68,6 +74,9 @@ class RoundRecord:
     rejected: int = 0
     budget_exhausted: int = 0
     declined: int = 0  # users who declined the round (no consent, nothing consented to train on)
+    timed_out: int = 0  # sampled nodes whose reply did not arrive within the round's timeout
+    refused: int = 0  # devices that refused the server's request (bad settings or table)
+    skipped: int = 0  # 1: fewer than min_replies updates were accepted; the model is unchanged
     train_loss: float = float("nan")
     evaluation: dict[str, float] = field(default_factory=dict)
     epsilon_min: float = 0.0
@@ -96,9 +105,12 @@ class ValidatedDeltaMixin:
         update_scale: float = 1.0,
         eval_every_rounds: int = 1,
         last_round: int = 0,
+        min_replies: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.min_replies = min_replies
+        self._messages_sent = 0
         self.on_round = on_round
         self.update_scale = update_scale
         self.eval_every_rounds = max(1, eval_every_rounds)
@@ -118,6 +130,7 @@ class ValidatedDeltaMixin:
         self.expected = expected_arrays(self.global_arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.record = RoundRecord(server_round, sampled=len(messages))
+        self._messages_sent = len(messages)
         return messages
 
     def configure_evaluate(
@@ -129,6 +142,16 @@ class ValidatedDeltaMixin:
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        # Flower returns what arrived before the timeout; the rest are stragglers or gone.
+        self.record.timed_out = max(0, self._messages_sent - len(replies))
+        if self.record.timed_out:
+            logger.warning(
+                "round %d: %d of %d sampled nodes did not reply within the timeout",
+                server_round,
+                self.record.timed_out,
+                self._messages_sent,
+            )
         accepted, losses = [], []
         cohort_users: dict[str, int] | None = None
         for reply in replies:
@@ -148,6 +171,12 @@ class ValidatedDeltaMixin:
                     continue
             elif any(metrics.get(key) for key in DECLINED) and not reply.content.array_records:
                 self.record.declined += 1  # the user did not consent: nothing was trained
+                continue
+            elif metrics.get(ROUND_REFUSED) and not reply.content.array_records:
+                self.record.refused += 1  # the device's log says why; nothing was trained
+                logger.warning(
+                    "round %d: node %d refused the round", server_round, reply.metadata.src_node_id
+                )
                 continue
             elif metrics.get(BUDGET_EXHAUSTED) and not reply.content.array_records:
                 self.record.budget_exhausted += 1
@@ -188,6 +217,19 @@ class ValidatedDeltaMixin:
             self.record.epsilon_max = max(spent)
             self.record.epsilon_median = statistics.median(spent)
             self.record.clients_with_epsilon = len(spent)
+        if self.record.accepted < self.min_replies:
+            self.record.skipped = 1
+            logger.warning(
+                "round %d skipped: %d accepted updates, fewer than min_replies=%d (%d failed, "
+                "%d timed out, %d rejected); the model is unchanged",
+                server_round,
+                self.record.accepted,
+                self.min_replies,
+                self.record.failed,
+                self.record.timed_out,
+                self.record.rejected,
+            )
+            return None, None
         return self.aggregate_updates(server_round, accepted)
 
     def _count_cohort_users(self, metrics, counts: dict[str, int] | None) -> dict[str, int]:
@@ -207,6 +249,7 @@ class ValidatedDeltaMixin:
         User-level DP replaces this step (:class:`~fedrec.server.user_dp.UserLevelDPMixin`)."""
         if not accepted:
             logger.warning("round %d: no acceptable update; the model is unchanged", server_round)
+            self.record.skipped = 1
             return None, None
         for reply in accepted:
             delta = reply.content[ARRAYS_KEY]
@@ -267,9 +310,15 @@ def make_strategy(
     on_round: RoundCallback | None = None,
     user_level: UserLevelPlan | None = None,
     seed: int = 0,
+    min_replies: int = 0,
 ) -> FedAvg:
     """The configured FedAvg-family strategy behind the validated-delta mixin; with a
-    ``user_level`` plan, DP-FedAvg in front of it (noise and client sampling seeded by ``seed``)."""
+    ``user_level`` plan, DP-FedAvg in front of it (noise and client sampling seeded by ``seed``).
+
+    ``min_replies``: a round with fewer accepted updates is skipped (model unchanged). Not with
+    user-level DP: there every round releases its noisy mean, however few took part, because
+    whether a round is released must not depend on who was sampled.
+    """
     base = STRATEGIES.get(spec.name)
     mixins: tuple[type, ...] = (ValidatedDeltaMixin,)
     extra: dict = {}
@@ -295,6 +344,7 @@ def make_strategy(
         update_scale=update_scale,
         eval_every_rounds=eval_every_rounds,
         last_round=rounds,
+        min_replies=0 if user_level is not None else min_replies,
         **options,
         **extra,
     )

@@ -1,0 +1,167 @@
+"""Device state that outlives the simulation's processes: one SQLite file per run, keyed by user.
+
+Flower keeps a node's ``Context.state`` in memory; when the simulation process dies, every user's
+embedding and privacy ledger die with it, and a resumed run would start each user's ε from zero
+(an under-counted ε is a privacy bug). A simulated device therefore writes its state here,
+before its reply leaves, one snapshot per (user, round it trained in). A deployed device has its
+own store (:mod:`fedrec.client.store`) instead.
+
+Why snapshots per round and not just the latest state: after a crash the server resumes from its
+last checkpoint (round k) and runs round k+1 again, although some devices had already trained in
+that round and charged their ledgers. With a seeded run a device replays round k+1 from its
+state *before* k+1 with the same seed, i.e. releases the identical update again, which costs no
+further privacy and must not be charged twice; so it needs the snapshot before k+1. With fresh
+randomness (``seed < 0``) the replay is a new release: it starts from the newest ledger, so the
+earlier charge stays and the new one is added. A ledger is never replaced by one with a lower ε.
+
+Arrays are stored as raw bytes with dtype and shape (never pickled); the ledger as JSON. The
+file runs in WAL mode with a busy timeout, since the simulation's worker processes write to it
+concurrently; every write is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.client.trainer import DeviceState
+from fedrec.privacy.ledger import PrivacyLedger
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_state (
+    user_key INTEGER NOT NULL, server_round INTEGER NOT NULL, rounds_trained INTEGER NOT NULL,
+    user_arrays TEXT NOT NULL, ledger TEXT, PRIMARY KEY (user_key, server_round));
+CREATE TABLE IF NOT EXISTS device_array (
+    user_key INTEGER NOT NULL, server_round INTEGER NOT NULL, name TEXT NOT NULL,
+    dtype TEXT NOT NULL, shape TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (user_key, server_round, name));
+"""
+
+
+class LedgerRollback(RuntimeError):
+    """A write would leave a user with a lower ε than the store already records."""
+
+
+class DeviceStateStore:
+    """The per-run store of simulated devices' states. Open one per message; cheap."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> DeviceStateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self, user_key: int, before_round: int, *, replay_identical: bool) -> DeviceState:
+        """The state a device starts round ``before_round`` from (a fresh one if it never
+        trained). ``replay_identical``: this run is seeded, so a replayed round releases the
+        identical update; otherwise the newest ledger is kept (see the module docstring)."""
+        row = self._db.execute(
+            "SELECT server_round, rounds_trained, ledger FROM device_state "
+            "WHERE user_key = ? AND server_round < ? ORDER BY server_round DESC LIMIT 1",
+            (int(user_key), int(before_round)),
+        ).fetchone()
+        state = DeviceState()
+        if row is not None:
+            state = DeviceState(self._arrays(user_key, row[0]), _ledger(row[2]), int(row[1]))
+        if not replay_identical:
+            newest = self.ledger(user_key)
+            if newest is not None and (
+                state.ledger is None or newest.epsilon > state.ledger.epsilon
+            ):
+                state.ledger = newest
+        return state
+
+    def save(self, user_key: int, server_round: int, state: DeviceState) -> None:
+        """Record the state after ``server_round``; refuses to lower the user's stored ε."""
+        self.save_many(server_round, {user_key: state})
+
+    def save_many(self, server_round: int, states: dict[int, DeviceState]) -> None:
+        """Record several users' states after ``server_round`` in one transaction (a cohort
+        node's round): all of them or, if anything fails, none."""
+        rnd = int(server_round)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for user_key, state in states.items():
+                key = int(user_key)
+                stored = self.ledger(key)
+                new_epsilon = state.ledger.epsilon if state.ledger else 0.0
+                if stored is not None and new_epsilon < stored.epsilon - 1e-12:
+                    raise LedgerRollback(
+                        f"user {key}: round {rnd} would store ε={new_epsilon:.6g}, below the "
+                        f"recorded {stored.epsilon:.6g}"
+                    )
+                ledger = json.dumps(state.ledger.to_dict()) if state.ledger else None
+                arrays = state.user_arrays or {}
+                self._db.execute(
+                    "INSERT OR REPLACE INTO device_state VALUES (?, ?, ?, ?, ?)",
+                    (key, rnd, int(state.rounds_trained), json.dumps(sorted(arrays)), ledger),
+                )
+                self._db.execute(
+                    "DELETE FROM device_array WHERE user_key = ? AND server_round = ?", (key, rnd)
+                )
+                self._db.executemany(
+                    "INSERT INTO device_array VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            key,
+                            rnd,
+                            name,
+                            str(value.dtype),
+                            json.dumps(list(value.shape)),
+                            np.ascontiguousarray(value).tobytes(),
+                        )
+                        for name, value in arrays.items()
+                    ],
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def ledger(self, user_key: int) -> PrivacyLedger | None:
+        """The user's newest ledger, or None. Newest is also the one with the most spent, since
+        :meth:`save_many` never lets a later round's ledger hold less."""
+        row = self._db.execute(
+            "SELECT ledger FROM device_state WHERE user_key = ? AND ledger IS NOT NULL "
+            "ORDER BY server_round DESC LIMIT 1",
+            (int(user_key),),
+        ).fetchone()
+        return None if row is None else _ledger(row[0])
+
+    def ledgers(self) -> dict[int, PrivacyLedger]:
+        """Every user's newest ledger: what a report of ε per user reads."""
+        rows = self._db.execute(
+            "SELECT user_key, ledger, MAX(server_round) FROM device_state "
+            "WHERE ledger IS NOT NULL GROUP BY user_key"
+        ).fetchall()
+        return {int(key): _ledger(text) for key, text, _ in rows}
+
+    def _arrays(self, user_key: int, server_round: int) -> dict[str, np.ndarray] | None:
+        rows = self._db.execute(
+            "SELECT name, dtype, shape, data FROM device_array "
+            "WHERE user_key = ? AND server_round = ?",
+            (int(user_key), int(server_round)),
+        ).fetchall()
+        if not rows:
+            return None
+        return {
+            name: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(json.loads(shape)).copy()
+            for name, dtype, shape, data in rows
+        }
+
+
+def _ledger(text: str | None) -> PrivacyLedger | None:
+    return None if text is None else PrivacyLedger.from_dict(json.loads(text))

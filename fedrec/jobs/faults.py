@@ -1,0 +1,109 @@
+"""Injected faults for simulations: devices that drop out, straggle, and a server that dies.
+
+Real federations lose phones mid-round and restart servers. ``configs/faults/`` turns these on
+in ``fedrec simulate`` so that the server's handling (per-round timeout, minimum replies, the
+counts in ``metrics.csv``) and the fail-closed privacy ledger are exercised by real runs.
+
+Which client misbehaves is a pure function of ``(faults.seed, round, partition-id)``
+(:func:`draw_fault`), so a test or a report can tell afterwards exactly who dropped when, and a
+rerun injects the same faults. Faults hit training messages only; evaluation is left alone so
+that the metrics of a faulty run stay comparable to a clean one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from fedrec.client.messages import CONFIG_KEY
+
+logger = logging.getLogger("fedrec.faults")
+
+_FAULT_STREAM = 0xFA17  # keeps the fault draws apart from every other use of the seed
+
+
+class Fault(StrEnum):
+    DROPOUT_BEFORE_TRAINING = "dropout_before_training"  # nothing trained, nothing charged
+    DROPOUT_AFTER_TRAINING = "dropout_after_training"  # trained and charged, reply lost
+    STRAGGLER = "straggler"  # trained and charged, replies after the round's timeout
+
+
+class InjectedDropout(RuntimeError):
+    """Raised inside a ClientApp to play a device that vanished mid-round."""
+
+
+@dataclass
+class FaultSpec:
+    """Mirrors ``configs/faults/*.yaml``.
+
+    ``dropout_rate``: chance that a client asked to train fails instead of replying; a share
+    ``dropout_after_training`` of those fail after training (their ledger is charged: the update
+    may have been computed, so its privacy is spent), the rest before. ``straggler_rate``: chance
+    that a client replies ``straggler_delay_s`` late (0: the round's timeout plus one second).
+    ``server_crash_round``: SIGKILL the server process as soon as that round's replies are in,
+    before the round is aggregated or checkpointed (0: never); a resumed run does not repeat it.
+    """
+
+    dropout_rate: float = 0.0
+    straggler_rate: float = 0.0
+    seed: int = 0
+    dropout_after_training: float = 0.5
+    straggler_delay_s: float = 0.0
+    server_crash_round: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dropout_rate", "straggler_rate", "dropout_after_training"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"faults.{name}={getattr(self, name)}; expected 0..1")
+        if self.dropout_rate + self.straggler_rate > 1.0:
+            raise ValueError("faults.dropout_rate + faults.straggler_rate must be <= 1")
+        if self.straggler_delay_s < 0 or self.server_crash_round < 0:
+            raise ValueError("faults.straggler_delay_s and faults.server_crash_round must be >= 0")
+
+    @property
+    def injects_client_faults(self) -> bool:
+        return self.dropout_rate > 0 or self.straggler_rate > 0
+
+
+def draw_fault(spec: FaultSpec, server_round: int, partition: int) -> Fault | None:
+    """The fault (or None) of client ``partition`` in training round ``server_round``."""
+    rng = np.random.default_rng([spec.seed, _FAULT_STREAM, server_round, partition])
+    draw, phase = rng.random(2)
+    if draw < spec.dropout_rate:
+        if phase < spec.dropout_after_training:
+            return Fault.DROPOUT_AFTER_TRAINING
+        return Fault.DROPOUT_BEFORE_TRAINING
+    if draw < spec.dropout_rate + spec.straggler_rate:
+        return Fault.STRAGGLER
+    return None
+
+
+class FaultInjector:
+    """A Flower client mod (put it first, outermost) that plays the drawn fault of each train
+    message. A dropout raises, which Flower turns into an error reply (a failure at the server);
+    a straggler sleeps past the round's timeout and then replies into the void."""
+
+    def __init__(self, spec: FaultSpec, round_timeout_s: float) -> None:
+        self.spec = spec
+        self.delay_s = spec.straggler_delay_s or round_timeout_s + 1.0
+
+    def __call__(self, msg, context, call_next):
+        if msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        partition = int(context.node_config["partition-id"])
+        fault = draw_fault(self.spec, server_round, partition)
+        if fault is Fault.DROPOUT_BEFORE_TRAINING:
+            raise InjectedDropout(f"client {partition} dropped out of round {server_round}")
+        reply = call_next(msg, context)
+        if fault is Fault.DROPOUT_AFTER_TRAINING:
+            raise InjectedDropout(
+                f"client {partition} dropped out of round {server_round} after training"
+            )
+        if fault is Fault.STRAGGLER:
+            time.sleep(self.delay_s)
+        return reply
