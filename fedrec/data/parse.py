@@ -136,9 +136,10 @@ def parse_floats(table: TextTable, values: list[str], what: str) -> np.ndarray:
     except ValueError:
         parsed = None
     if parsed is not None:
-        bad = np.flatnonzero(~np.isfinite(parsed))
-        if not len(bad):
-            return parsed.astype(np.float32)
+        with np.errstate(over="ignore"):
+            narrowed = parsed.astype(np.float32)  # what is kept; beyond ±3.4e38 it becomes inf
+        if np.isfinite(narrowed).all():
+            return narrowed
     for row, value in enumerate(values):
         try:
             number = float(value)
@@ -146,6 +147,8 @@ def parse_floats(table: TextTable, values: list[str], what: str) -> np.ndarray:
             raise DataError(f"{table.where(row)}: {what} {value!r} is not a number") from None
         if not np.isfinite(number):
             raise DataError(f"{table.where(row)}: {what} {value!r} is not a finite number")
+        if not np.isfinite(np.float32(number)):
+            raise DataError(f"{table.where(row)}: {what} {value!r} is out of range")
     raise AssertionError("unreachable: a value failed to parse but none was found")
 
 
@@ -158,14 +161,21 @@ def parse_timestamps(table: TextTable, values: list[str], what: str) -> np.ndarr
     seconds = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values):
         try:
-            seconds[row] = int(value)
-            continue
-        except (ValueError, OverflowError):
-            pass
-        try:
-            seconds[row] = np.datetime64(value, "s").astype(np.int64)
+            number = int(value)
         except ValueError:
+            number = None
+        if number is not None:  # an integer, so unix seconds: never re-read as a date
+            if not -INT64_MAX <= number <= INT64_MAX:
+                raise DataError(f"{table.where(row)}: {what} {value} is out of range")
+            seconds[row] = number
+            continue
+        try:
+            moment = np.datetime64(value, "s")
+        except (ValueError, OverflowError):
+            moment = np.datetime64("NaT")
+        if np.isnat(moment):  # numpy reads "NaT" (and "") as not-a-time: no timestamp at all
             raise DataError(
                 f"{table.where(row)}: {what} {value!r} is neither unix seconds nor an ISO date"
-            ) from None
+            )
+        seconds[row] = moment.astype(np.int64)
     return seconds
