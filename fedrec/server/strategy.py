@@ -10,6 +10,7 @@ Flower only logs them.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -56,11 +57,29 @@ class StrategySpec:
     beta_2: float = 0.99
     tau: float = 1e-3
     max_update_norm: float | None = None
+    # cosine: round r of R uses server_lr · ½(1 + cos(π(r − 1)/R)), landing the item table on a
+    # minimum instead of wherever a constant step leaves it (as training.lr_schedule does).
+    server_lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         STRATEGIES.get(self.name)
         if not self.server_lr > 0:
             raise ValueError(f"strategy.server_lr={self.server_lr}; expected > 0")
+        if self.server_lr_schedule not in SERVER_LR_SCHEDULES:
+            raise ValueError(
+                f"strategy.server_lr_schedule='{self.server_lr_schedule}'; accepted: "
+                f"{', '.join(SERVER_LR_SCHEDULES)}"
+            )
+
+
+SERVER_LR_SCHEDULES = ("constant", "cosine")
+
+
+def server_lr_factor(schedule: str, server_round: int, rounds: int) -> float:
+    """The factor on the server learning rate in ``server_round`` (1-based) of ``rounds``."""
+    if schedule == "cosine" and rounds > 0:
+        return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+    return 1.0
 
 
 @dataclass
@@ -106,9 +125,13 @@ class ValidatedDeltaMixin:
         eval_every_rounds: int = 1,
         last_round: int = 0,
         min_replies: int = 0,
+        server_lr_schedule: str = "constant",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.server_lr_schedule = server_lr_schedule
+        self._base_update_scale = update_scale
+        self._base_eta = getattr(self, "eta", None)  # FedAdam/FedYogi's server learning rate
         self.min_replies = min_replies
         self._messages_sent = 0
         self.on_round = on_round
@@ -345,6 +368,7 @@ def make_strategy(
         eval_every_rounds=eval_every_rounds,
         last_round=rounds,
         min_replies=0 if user_level is not None else min_replies,
+        server_lr_schedule=spec.server_lr_schedule,
         **options,
         **extra,
     )
