@@ -145,10 +145,18 @@ class ValidatedDeltaMixin:
         self.record = RoundRecord(0)
         self._round_started = time.perf_counter()
 
+    def apply_server_lr_schedule(self, server_round: int) -> None:
+        """Set this round's server step: FedAvg's update scale, or FedAdam/FedYogi's eta."""
+        factor = server_lr_factor(self.server_lr_schedule, server_round, self.last_round)
+        self.update_scale = self._base_update_scale * factor
+        if self._base_eta is not None:
+            self.eta = self._base_eta * factor
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._round_started = time.perf_counter()
+        self.apply_server_lr_schedule(server_round)
         self.global_arrays = {name: array.numpy() for name, array in arrays.items()}
         self.expected = expected_arrays(self.global_arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -219,6 +227,11 @@ class ValidatedDeltaMixin:
             metrics = reply.content[METRICS_KEY]
             if "users_sampled" in metrics:
                 losses += [float(metrics["train_loss"])] * int(metrics["users_trained"])
+                # Flower averages reply metrics element-wise; the per-user lists (already
+                # recorded above) differ in length between nodes, so only scalars go on.
+                reply.content[METRICS_KEY] = MetricRecord(
+                    {k: v for k, v in metrics.items() if not isinstance(v, list)}
+                )
                 accepted.append(reply)
                 continue
             if "epsilon" in metrics:
