@@ -60,7 +60,7 @@ def _state_store_writer(path, first_round: int):
                 )
                 for user in range(20)
             }
-            store.save_many(server_round, states)
+            store.save_many(server_round, states, request=None)
             yield f"round {server_round}"
 
 
@@ -129,5 +129,5 @@ def test_device_state_store_survives_sigkill_during_writes(tmp_path):
         assert set(ledgers) == set(range(20))  # a round's users commit together or not at all
         rounds = {len(ledger.entries) for ledger in ledgers.values()}
         assert len(rounds) == 1 and rounds.pop() >= last
-        state = store.load(0, last + 1, replay_identical=True)
+        state = store.load(0, last + 1, request=None)
         assert state.user_arrays["user_embedding.weight"][0, 0] >= last

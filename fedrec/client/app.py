@@ -42,7 +42,7 @@ from fedrec.client.messages import (
     parse_round_config,
     user_seed,
 )
-from fedrec.client.state_store import DeviceStateStore
+from fedrec.client.state_store import DeviceStateStore, request_digest
 from fedrec.client.trainer import DeviceState, evaluate_user, train_round
 from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
@@ -111,28 +111,39 @@ def _load_state(
     user_key: int,
     settings: RoundSettings,
     *,
-    after: bool,
+    request: str | None,
+    after: bool = False,
 ) -> DeviceState:
-    """The device state for this round: from the per-run store if there is one (``after``: the
-    state once this round's training is done, for evaluation), else from ``Context.state``."""
+    """The device state for this round: from the per-run store if there is one, else from
+    ``Context.state``. ``request``: see :meth:`DeviceStateStore.load`; ``after``: the state once
+    this round's training is done (for evaluation)."""
     if state_store is None:
         return load_device_state(context.state)
     with DeviceStateStore(state_store) as store:
-        return store.load(
-            user_key,
-            settings.server_round + int(after),
-            replay_identical=settings.seed >= 0,
-        )
+        return store.load(user_key, settings.server_round + int(after), request=request)
 
 
 def _save_state(
-    context: Context, state_store: str | None, user_key: int, server_round: int, state
+    context: Context,
+    state_store: str | None,
+    user_key: int,
+    server_round: int,
+    state: DeviceState,
+    *,
+    request: str | None,
 ) -> None:
     if state_store is None:
         store_device_state(context.state, state)
         return
     with DeviceStateStore(state_store) as store:
-        store.save(user_key, server_round, state)
+        store.save(user_key, server_round, state, request=request)
+
+
+def _request_key(msg: Message, arrays: dict[str, np.ndarray], settings: RoundSettings):
+    """The request's digest in a seeded run (a repeat of it replays identically), else None."""
+    if settings.seed < 0:
+        return None
+    return request_digest(arrays, dict(msg.content[CONFIG_KEY]))
 
 
 def build_client_app(
@@ -156,7 +167,8 @@ def build_client_app(
             check_received_arrays(arrays, settings, num_items=data.num_items)
         except RoundRefused as err:
             return _refusal(msg, err, refused)
-        state = _load_state(context, state_store, user_key, settings, after=False)
+        request = _request_key(msg, arrays, settings) if state_store else None
+        state = _load_state(context, state_store, user_key, settings, request=request)
         try:
             result = train_round(
                 arrays,
@@ -175,7 +187,9 @@ def build_client_app(
             return _message(msg, (None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}))
         # The state (user embedding, ledger) is saved before the update leaves: a device that
         # drops after this point has still recorded the privacy it spent.
-        _save_state(context, state_store, user_key, settings.server_round, result.state)
+        _save_state(
+            context, state_store, user_key, settings.server_round, result.state, request=request
+        )
         weight = len(data.train_items) if settings.weight_by_examples else 1
         metrics = {
             NUM_EXAMPLES: weight,
@@ -204,7 +218,7 @@ def build_client_app(
             metrics |= evaluate_user(
                 arrays,
                 data,
-                _load_state(context, state_store, user_key, settings, after=True),
+                _load_state(context, state_store, user_key, settings, request=None, after=True),
                 model_spec=settings.model,
                 eval_spec=settings.evaluation,
                 explicit=settings.explicit,

@@ -8,22 +8,27 @@ own store (:mod:`fedrec.client.store`) instead.
 
 Why snapshots per round and not just the latest state: after a crash the server resumes from its
 last checkpoint (round k) and runs round k+1 again, although some devices had already trained in
-that round and charged their ledgers. With a seeded run a device replays round k+1 from its
-state *before* k+1 with the same seed, i.e. releases the identical update again, which costs no
-further privacy and must not be charged twice; so it needs the snapshot before k+1. With fresh
-randomness (``seed < 0``) the replay is a new release: it starts from the newest ledger, so the
-earlier charge stays and the new one is added. A ledger is never replaced by one with a lower ε.
+that round and charged their ledgers. A device asked for round k+1 again with the *same request*
+(the same item table and settings, :func:`request_digest`) in a seeded run releases the identical
+update again, which costs no further privacy and must not be charged twice: it replays round k+1
+from its snapshot before k+1. Anything else that meets an existing snapshot of the same or a
+later round (a different table, fresh randomness, a late message) is a new release: it starts
+from the newest ledger, so every earlier charge stays and the new one is added.
 
-Arrays are stored as raw bytes with dtype and shape (never pickled); the ledger as JSON. The
-file runs in WAL mode with a busy timeout, since the simulation's worker processes write to it
-concurrently; every write is one transaction.
+The newest ledger is the last one written (a per-user write sequence), and a write that would
+hold a lower ε than it is refused, so a user's recorded ε never goes down. Arrays are stored as
+raw bytes with dtype and shape (never pickled); the ledger as JSON. The file runs in WAL mode
+with a busy timeout, since the simulation's worker processes write to it concurrently; every
+write is one transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +37,9 @@ from fedrec.privacy.ledger import PrivacyLedger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
-    user_key INTEGER NOT NULL, server_round INTEGER NOT NULL, rounds_trained INTEGER NOT NULL,
-    user_arrays TEXT NOT NULL, ledger TEXT, PRIMARY KEY (user_key, server_round));
+    user_key INTEGER NOT NULL, server_round INTEGER NOT NULL, seq INTEGER NOT NULL,
+    rounds_trained INTEGER NOT NULL, request TEXT, ledger TEXT,
+    PRIMARY KEY (user_key, server_round));
 CREATE TABLE IF NOT EXISTS device_array (
     user_key INTEGER NOT NULL, server_round INTEGER NOT NULL, name TEXT NOT NULL,
     dtype TEXT NOT NULL, shape TEXT NOT NULL, data BLOB NOT NULL,
@@ -43,6 +49,16 @@ CREATE TABLE IF NOT EXISTS device_array (
 
 class LedgerRollback(RuntimeError):
     """A write would leave a user with a lower ε than the store already records."""
+
+
+def request_digest(arrays: dict[str, np.ndarray], config: dict[str, Any]) -> str:
+    """A fingerprint of what the server asked for: the item arrays and the round's settings."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{value.dtype}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 class DeviceStateStore:
@@ -64,31 +80,40 @@ class DeviceStateStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def load(self, user_key: int, before_round: int, *, replay_identical: bool) -> DeviceState:
-        """The state a device starts round ``before_round`` from (a fresh one if it never
-        trained). ``replay_identical``: this run is seeded, so a replayed round releases the
-        identical update; otherwise the newest ledger is kept (see the module docstring)."""
+    def load(self, user_key: int, server_round: int, *, request: str | None) -> DeviceState:
+        """The state a device starts round ``server_round`` from (fresh if it never trained).
+
+        ``request``: the :func:`request_digest` of this round's request in a seeded run, None
+        when the device draws fresh randomness (then no repeat can be identical). For
+        evaluation after a round, ask for ``server_round + 1`` with ``request=None``."""
+        key, rnd = int(user_key), int(server_round)
         row = self._db.execute(
             "SELECT server_round, rounds_trained, ledger FROM device_state "
             "WHERE user_key = ? AND server_round < ? ORDER BY server_round DESC LIMIT 1",
-            (int(user_key), int(before_round)),
+            (key, rnd),
         ).fetchone()
         state = DeviceState()
         if row is not None:
-            state = DeviceState(self._arrays(user_key, row[0]), _ledger(row[2]), int(row[1]))
-        if not replay_identical:
-            newest = self.ledger(user_key)
-            if newest is not None and (
-                state.ledger is None or newest.epsilon > state.ledger.epsilon
-            ):
-                state.ledger = newest
+            state = DeviceState(self._arrays(key, row[0]), _ledger(row[2]), int(row[1]))
+        later = self._db.execute(
+            "SELECT server_round, request FROM device_state "
+            "WHERE user_key = ? AND server_round >= ?",
+            (key, rnd),
+        ).fetchall()
+        identical_replay = request is not None and later == [(rnd, request)]
+        if later and not identical_replay:
+            state.ledger = self.ledger(key)  # a new release: every earlier charge stays
         return state
 
-    def save(self, user_key: int, server_round: int, state: DeviceState) -> None:
+    def save(
+        self, user_key: int, server_round: int, state: DeviceState, *, request: str | None
+    ) -> None:
         """Record the state after ``server_round``; refuses to lower the user's stored ε."""
-        self.save_many(server_round, {user_key: state})
+        self.save_many(server_round, {user_key: state}, request=request)
 
-    def save_many(self, server_round: int, states: dict[int, DeviceState]) -> None:
+    def save_many(
+        self, server_round: int, states: dict[int, DeviceState], *, request: str | None
+    ) -> None:
         """Record several users' states after ``server_round`` in one transaction (a cohort
         node's round): all of them or, if anything fails, none."""
         rnd = int(server_round)
@@ -104,10 +129,10 @@ class DeviceStateStore:
                         f"recorded {stored.epsilon:.6g}"
                     )
                 ledger = json.dumps(state.ledger.to_dict()) if state.ledger else None
-                arrays = state.user_arrays or {}
                 self._db.execute(
-                    "INSERT OR REPLACE INTO device_state VALUES (?, ?, ?, ?, ?)",
-                    (key, rnd, int(state.rounds_trained), json.dumps(sorted(arrays)), ledger),
+                    "INSERT OR REPLACE INTO device_state VALUES (?, ?, (SELECT COALESCE(MAX(seq), "
+                    "0) + 1 FROM device_state WHERE user_key = ?), ?, ?, ?)",
+                    (key, rnd, key, int(state.rounds_trained), request, ledger),
                 )
                 self._db.execute(
                     "DELETE FROM device_array WHERE user_key = ? AND server_round = ?", (key, rnd)
@@ -123,7 +148,7 @@ class DeviceStateStore:
                             json.dumps(list(value.shape)),
                             np.ascontiguousarray(value).tobytes(),
                         )
-                        for name, value in arrays.items()
+                        for name, value in (state.user_arrays or {}).items()
                     ],
                 )
             self._db.execute("COMMIT")
@@ -132,11 +157,10 @@ class DeviceStateStore:
             raise
 
     def ledger(self, user_key: int) -> PrivacyLedger | None:
-        """The user's newest ledger, or None. Newest is also the one with the most spent, since
-        :meth:`save_many` never lets a later round's ledger hold less."""
+        """The user's newest ledger (the last written; it holds the most spent), or None."""
         row = self._db.execute(
             "SELECT ledger FROM device_state WHERE user_key = ? AND ledger IS NOT NULL "
-            "ORDER BY server_round DESC LIMIT 1",
+            "ORDER BY seq DESC LIMIT 1",
             (int(user_key),),
         ).fetchone()
         return None if row is None else _ledger(row[0])
@@ -144,7 +168,7 @@ class DeviceStateStore:
     def ledgers(self) -> dict[int, PrivacyLedger]:
         """Every user's newest ledger: what a report of ε per user reads."""
         rows = self._db.execute(
-            "SELECT user_key, ledger, MAX(server_round) FROM device_state "
+            "SELECT user_key, ledger, MAX(seq) FROM device_state "
             "WHERE ledger IS NOT NULL GROUP BY user_key"
         ).fetchall()
         return {int(key): _ledger(text) for key, text, _ in rows}

@@ -30,7 +30,7 @@ from fedrec.client.messages import (
     parse_round_config,
     user_seed,
 )
-from fedrec.client.state_store import DeviceStateStore
+from fedrec.client.state_store import DeviceStateStore, request_digest
 from fedrec.client.trainer import DeviceState, evaluate_user
 from fedrec.cohort.trainer import CohortMember, train_cohort
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
@@ -97,15 +97,10 @@ def _members_of(plan, msg, context, evaluation):
     return [int(u) for u in chosen if block.start <= u < block.stop]
 
 
-def _stored_states(state_store: str, keys: list[int], settings, *, after: bool):
+def _stored_states(state_store: str, keys: list[int], server_round: int, request: str | None):
     """These users' states from the per-run store (:mod:`fedrec.client.state_store`)."""
     with DeviceStateStore(state_store) as store:
-        return {
-            key: store.load(
-                key, settings.server_round + int(after), replay_identical=settings.seed >= 0
-            )
-            for key in keys
-        }
+        return {key: store.load(key, server_round, request=request) for key in keys}
 
 
 def build_cohort_app(
@@ -122,12 +117,14 @@ def build_cohort_app(
             (index, *source.local_data({"partition-id": index}))
             for index in _members_of(plan, msg, context, evaluation=False)
         ]
+        request = None
         if state_store is None:
             states = load_cohort_states(context.state)
         else:
-            states = _stored_states(
-                state_store, [key for _, key, _ in chosen], settings, after=False
-            )
+            if settings.seed >= 0:  # a repeat of this very request replays identically
+                request = request_digest(arrays, dict(msg.content[CONFIG_KEY]))
+            keys = [key for _, key, _ in chosen]
+            states = _stored_states(state_store, keys, settings.server_round, request)
         members = []
         for _, key, data in chosen:
             seed = user_seed(settings, key, TRAIN_SEED)
@@ -152,7 +149,7 @@ def build_cohort_app(
             store_cohort_states(context.state, states | changed)
         elif changed:
             with DeviceStateStore(state_store) as store:
-                store.save_many(settings.server_round, changed)
+                store.save_many(settings.server_round, changed, request=request)
         counts = {f"users_{s}": sum(o.status == s for o in result.outcomes) for s in OUTCOMES}
         trained = [o for o in result.outcomes if o.status == "trained"]
         spent = [o for o in result.outcomes if o.status != "failed"]
@@ -184,7 +181,8 @@ def build_cohort_app(
         if state_store is None:
             states = load_cohort_states(context.state)
         else:
-            states = _stored_states(state_store, [key for key, _ in chosen], settings, after=True)
+            keys = [key for key, _ in chosen]
+            states = _stored_states(state_store, keys, settings.server_round + 1, None)
         per_user: list[dict[str, float]] = []
         for key, data in chosen:
             per_user.append(

@@ -127,8 +127,13 @@ def run_federation(
         seed=plan.seed,
         min_replies=plan.min_replies,
     )
-    train_config = ConfigRecord(round_config(plan.settings) | plan.extra_config)
-    evaluate_config = ConfigRecord(round_config(plan.settings) | plan.extra_config)
+    sent_config = round_config(plan.settings) | plan.extra_config
+
+    def config() -> ConfigRecord:
+        # A new record for every request: Flower's strategies write "server-round" into the
+        # record they are given, and in simulation a message still queued (behind a straggler)
+        # holds that record by reference, so reusing one would relabel it with a later round.
+        return ConfigRecord(dict(sent_config))
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         if plan.checkpoint_path is not None:
@@ -147,14 +152,14 @@ def run_federation(
         if plan.eval_clients_per_round:
             # Round 0: the untrained model, scored the same way, as the baseline of the run.
             replies = grid.send_and_receive(
-                strategy.configure_evaluate(0, arrays, evaluate_config, grid),
+                strategy.configure_evaluate(0, arrays, config(), grid),
                 timeout=plan.timeout_s,
             )
             strategy.aggregate_evaluate(0, replies)
         checkpoint(0, arrays)
     for server_round in range(first_round, plan.rounds + 1):
         replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, train_config, grid),
+            strategy.configure_train(server_round, arrays, config(), grid),
             timeout=plan.timeout_s,
         )
         if server_round == plan.crash_after_replies_of_round:
@@ -164,7 +169,7 @@ def run_federation(
         if updated is not None:
             arrays = updated
         replies = grid.send_and_receive(
-            strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
+            strategy.configure_evaluate(server_round, arrays, config(), grid),
             timeout=plan.timeout_s,
         )
         strategy.aggregate_evaluate(server_round, replies)

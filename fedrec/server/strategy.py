@@ -162,6 +162,10 @@ class ValidatedDeltaMixin:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.record = RoundRecord(server_round, sampled=len(messages))
         self._messages_sent = len(messages)
+        # Flower waits until min_available_nodes are connected before it samples. Every node is
+        # awaited once, at the start; afterwards a node that died must not stall the federation,
+        # so a round needs only as many live nodes as it samples.
+        self.min_available_nodes = min(self.min_available_nodes, self.min_train_nodes)
         return messages
 
     def configure_evaluate(
