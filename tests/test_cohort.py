@@ -249,7 +249,7 @@ def test_bad_requests_are_refused_with_a_reason() -> None:
     ids=["record", "both", "none"],
 )
 def test_one_user_round_keeps_train_rounds_contract(privacy: PrivacySpec) -> None:
-    from fedrec.cohort.trainer import train_user_round
+    from fedrec.client.closed_form import train_user_round
     from fedrec.privacy.user_level import update_norm
 
     items, data = _items(40, 8, False), _users(40, False)[4]
@@ -272,7 +272,7 @@ def test_one_user_round_keeps_train_rounds_contract(privacy: PrivacySpec) -> Non
 
 
 def test_one_user_round_at_budget_raises_like_the_device() -> None:
-    from fedrec.cohort.trainer import train_user_round
+    from fedrec.client.closed_form import train_user_round
     from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
     items, data = _items(40, 8, False), _users(40, False)[0]

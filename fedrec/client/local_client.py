@@ -2,7 +2,7 @@
 
 An app records interactions as they happen, asks the user for consent, and hands the client the
 shared item table when a round comes; :meth:`FedrecClient.train_round` then runs the
-on-device round (:func:`fedrec.cohort.trainer.train_user_round`: train_round's contract and
+on-device round (:func:`fedrec.client.closed_form.train_user_round`: train_round's contract and
 numbers) on the consented interactions and returns the update to send. The deployment
 ClientApp drives the same object, so an app, a Flower SuperNode and a test all go through the
 same consent gate and the same sent-log.
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.client.closed_form import train_user_round
 from fedrec.client.consent import (
     CATEGORIES,
     DEFAULT_CONSENT_VALID_FOR_S,
@@ -48,7 +49,6 @@ from fedrec.client.store import (
     SentTensor,
 )
 from fedrec.client.trainer import DeviceState, LocalData, evaluate_user
-from fedrec.cohort.trainer import train_user_round
 
 TRAIN_SEED, EVAL_SEED = 1, 2  # the same purposes the simulation's ClientApp uses
 

@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedrec.client.app import EVAL_SEED, TRAIN_SEED
+from fedrec.client.closed_form import CohortMember, train_cohort
 from fedrec.client.data_source import SplitUserSource
 from fedrec.client.messages import (
     ARRAYS_KEY,
@@ -32,7 +33,6 @@ from fedrec.client.messages import (
 )
 from fedrec.client.state_store import DeviceStateStore, request_digest
 from fedrec.client.trainer import DeviceState, evaluate_user
-from fedrec.cohort.trainer import CohortMember, train_cohort
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
 
 PREFIX = "cohort."

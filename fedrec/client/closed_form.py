@@ -1,4 +1,5 @@
-"""Many users' local rounds at once: the simulation's fast path for DP-SGD matrix factorization.
+"""Closed-form DP-SGD for matrix factorization: many users' local rounds at once (the simulation's
+cohort engine), or one (the embedded client).
 
 Each user still runs *their own* round exactly as :func:`fedrec.client.trainer.train_round`
 does on a device: their own random generator (same seed, same draws in the same order), their
@@ -374,9 +375,9 @@ class _Step:
         empty Poisson batch becomes one zero-weight padding example, as on the device."""
         data = plan.member.data
         weights = torch.ones(len(positions))
-        items = torch.as_tensor(data.train_items)[positions].long()
+        items = torch.from_numpy(np.asarray(data.train_items)[positions.numpy()]).long()
         ratings = (
-            torch.as_tensor(data.train_ratings, dtype=torch.float32)[positions]
+            torch.from_numpy(np.asarray(data.train_ratings, dtype=np.float32)[positions.numpy()])
             if data.train_ratings is not None
             else torch.ones(len(positions))
         )
