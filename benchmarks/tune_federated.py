@@ -35,7 +35,7 @@ from fedrec.cohort import CohortMember, train_cohort
 from fedrec.data import DatasetSpec, load_split, make_split
 from fedrec.eval import average_over_users
 from fedrec.model import ModelSpec
-from fedrec.model.mf import MatrixFactorization
+from fedrec.model.mf import random_item_arrays
 from fedrec.privacy import PrivacySpec
 
 torch.set_num_threads(1)
@@ -61,10 +61,7 @@ def main(kw: dict) -> None:
     privacy = (
         PrivacySpec(mode="record", noise_multiplier=noise) if noise is not None else PrivacySpec()
     )
-    generator = torch.Generator().manual_seed(0)
-    items = MatrixFactorization(
-        1, split.train.num_items, dim, init_std=std, generator=generator
-    ).item_state()
+    items = random_item_arrays(split.train.num_items, dim, init_std=std, seed=0)
     states = [DeviceState() for _ in users]
     rng = np.random.default_rng(0)
     moments: dict = {}

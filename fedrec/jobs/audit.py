@@ -24,7 +24,7 @@ from fedrec.audit.report import markdown, plot, rows, write_csv
 from fedrec.audit.run import AuditFederationSpec, AuditSetting, run_setting, setting_privacy
 from fedrec.data import DatasetSpec, load_split
 from fedrec.model import ModelSpec
-from fedrec.model.mf import MatrixFactorization
+from fedrec.model.mf import random_item_arrays
 from fedrec.privacy import PrivacySpec
 from fedrec.run_dir import RunRecorder
 
@@ -85,13 +85,9 @@ def run_audit(cfg: AuditJobConfig, run_dir: str | Path) -> dict[str, float]:
         )
     order = np.random.default_rng(cfg.seed).permutation(split.train.num_users)
     participant_ids, shadow_ids = order[: fed.num_clients], order[fed.num_clients : needed]
-    initial = MatrixFactorization(
-        1,
-        split.train.num_items,
-        cfg.model.embedding_dim,
-        init_std=cfg.model.init_std,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    ).item_state()
+    initial = random_item_arrays(
+        split.train.num_items, cfg.model.embedding_dim, init_std=cfg.model.init_std, seed=cfg.seed
+    )
     outcomes = []
     for setting in settings(cfg):
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from fedrec.attack.run import PoisonFederationSpec, run_poisoned_federation
 from fedrec.audit.clients import LocalRecipe, SimulatedClients
 from fedrec.data import DatasetSpec, load_split
 from fedrec.model import ModelSpec
-from fedrec.model.mf import MatrixFactorization
+from fedrec.model.mf import random_item_arrays
 from fedrec.privacy import PrivacySpec
 from fedrec.run_dir import RunRecorder
 
@@ -61,13 +61,9 @@ def run_poison(cfg: PoisonJobConfig, run_dir: str | Path) -> dict[str, float]:
         users = np.sort(np.random.default_rng(cfg.seed).choice(num_users, fed.num_clients, False))
     # Public side information the attacker is assumed to have (PipAttack's assumption).
     popularity = np.bincount(split.train.items, minlength=split.train.num_items)
-    initial = MatrixFactorization(
-        1,
-        split.train.num_items,
-        cfg.model.embedding_dim,
-        init_std=cfg.model.init_std,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    ).item_state()
+    initial = random_item_arrays(
+        split.train.num_items, cfg.model.embedding_dim, init_std=cfg.model.init_std, seed=cfg.seed
+    )
 
     def on_round(row: dict[str, float]) -> None:
         recorder.append(row)

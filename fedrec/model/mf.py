@@ -128,3 +128,26 @@ class MatrixFactorization(nn.Module):
         with torch.no_grad():
             for name, value in arrays.items():
                 own[name].copy_(torch.as_tensor(value))
+
+
+def random_item_arrays(
+    num_items: int,
+    embedding_dim: int,
+    *,
+    init_std: float,
+    seed: int,
+    explicit: bool = False,
+    global_mean: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """A seeded random item side (zero biases) for a server to start from: it depends on no
+    one's data, so releasing it spends no privacy."""
+    model = MatrixFactorization(
+        1,
+        num_items,
+        embedding_dim,
+        explicit=explicit,
+        init_std=init_std,
+        global_mean=global_mean,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return model.item_state()

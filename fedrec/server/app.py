@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.client.messages import RoundSettings, round_config
-from fedrec.model.mf import MatrixFactorization
+from fedrec.model.mf import random_item_arrays
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.server.checkpoint import ServerCheckpoint, capture, restore, save_checkpoint
 from fedrec.server.strategy import RoundCallback, RoundRecord, StrategySpec, make_strategy
@@ -80,18 +79,15 @@ class ServerPlan:
 
 
 def initial_item_arrays(plan: ServerPlan) -> dict[str, np.ndarray]:
-    """A seeded random item table (zero biases): data-independent, so DP is unaffected."""
-    generator = torch.Generator().manual_seed(plan.seed)
-    model = MatrixFactorization(
-        1,
+    """The plan's seeded random item table (see :func:`random_item_arrays`)."""
+    return random_item_arrays(
         plan.num_items,
         plan.settings.model.embedding_dim,
-        explicit=plan.settings.explicit,
         init_std=plan.settings.model.init_std,
+        seed=plan.seed,
+        explicit=plan.settings.explicit,
         global_mean=plan.global_bias_init,
-        generator=generator,
     )
-    return model.item_state()
 
 
 FinishCallback = Callable[[dict[str, np.ndarray]], None]
