@@ -115,6 +115,8 @@ def run_deployment(folder: Path, *, nodes: int, rounds: int, per_round: int, tim
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = os.environ | {
+        # flower-superexec / flwr-clientapp are started by name: the venv's bin goes on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(home),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",

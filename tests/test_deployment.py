@@ -190,6 +190,9 @@ def test_deployment_with_tls_and_node_auth_trains_from_stores(tmp_path):
     )
     env = {
         **os.environ,
+        # The SuperLink and SuperNodes start flower-superexec / flwr-clientapp by name: the
+        # venv's bin must be on PATH even when pytest runs as .venv/bin/python unactivated.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(home),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
