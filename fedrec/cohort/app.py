@@ -91,9 +91,9 @@ def _split_config(msg: Message):
     return CohortPlan.from_config(cohort), settings, arrays
 
 
-def _members_of(plan, msg, context, evaluation):
+def _members_of(plan: CohortPlan, server_round: int, context: Context, evaluation: bool):
     block = node_block(dict(context.node_config), plan.num_clients)
-    chosen = sampled_users(plan, int(dict(msg.content[CONFIG_KEY])["server-round"]), evaluation)
+    chosen = sampled_users(plan, server_round, evaluation)
     return [int(u) for u in chosen if block.start <= u < block.stop]
 
 
@@ -115,7 +115,7 @@ def build_cohort_app(
         plan, settings, arrays = _split_config(msg)
         chosen = [
             (index, *source.local_data({"partition-id": index}))
-            for index in _members_of(plan, msg, context, evaluation=False)
+            for index in _members_of(plan, settings.server_round, context, evaluation=False)
         ]
         request = None
         if state_store is None:
@@ -175,7 +175,7 @@ def build_cohort_app(
         plan, settings, arrays = _split_config(msg)
         chosen = [
             source.local_data({"partition-id": index})
-            for index in _members_of(plan, msg, context, evaluation=True)
+            for index in _members_of(plan, settings.server_round, context, evaluation=True)
         ]
         chosen = [(key, data) for key, data in chosen if len(data.test_items)]
         if state_store is None:
