@@ -51,18 +51,6 @@ logger = logging.getLogger("fedrec.client")
 Reply = tuple[dict[str, np.ndarray] | None, dict[str, float]]  # (item update or None, metrics)
 
 
-def _request(msg: Message):
-    settings = parse_round_config(dict(msg.content[CONFIG_KEY]))
-    arrays = {name: array.numpy() for name, array in msg.content[ARRAYS_KEY].items()}
-    return settings, arrays
-
-
-def _refusal(msg: Message, err: RoundRefused, metrics: dict[str, float]) -> Message:
-    """The reply to a request the device will not serve: the given metrics only, no arrays."""
-    logger.warning("refused the server's %s request: %s", msg.metadata.message_type, err)
-    return _message(msg, (None, metrics))
-
-
 def _message(msg: Message, reply: Reply) -> Message:
     update, metrics = reply
     records: dict[str, Any] = {METRICS_KEY: MetricRecord(metrics)}
@@ -139,11 +127,118 @@ def _save_state(
         store.save(user_key, server_round, state, request=request)
 
 
-def _request_key(msg: Message, arrays: dict[str, np.ndarray], settings: RoundSettings):
+def _request_key(
+    config: dict[str, Any], arrays: dict[str, np.ndarray], settings: RoundSettings
+) -> str | None:
     """The request's digest in a seeded run (a repeat of it replays identically), else None."""
     if settings.seed < 0:
         return None
-    return request_digest(arrays, dict(msg.content[CONFIG_KEY]))
+    return request_digest(arrays, config)
+
+
+def train_reply(
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    context: Context,
+    source: UserDataSource,
+    state_store: str | None = None,
+) -> Reply:
+    """The device's answer to one training request (item arrays + flat round config), as plain
+    values. Every ClientApp (plain FedAvg, SecAgg+) answers through this one function, so the
+    trainer, the consent gate and the fail-closed ledger are the same on every path."""
+    try:
+        settings = parse_round_config(config)
+    except RoundRefused as err:
+        logger.warning("refused the server's train request: %s", err)
+        return None, {NUM_EXAMPLES: 0, ROUND_REFUSED: 1}
+    node_config = dict(context.node_config)
+    if STORE_KEY in node_config:
+        return train_from_store(node_config, arrays, settings)
+    user_key, data = source.local_data(node_config, dict(context.run_config))
+    try:
+        check_received_arrays(arrays, settings, num_items=data.num_items)
+    except RoundRefused as err:
+        logger.warning("refused the server's train request: %s", err)
+        return None, {NUM_EXAMPLES: 0, ROUND_REFUSED: 1}
+    request = _request_key(config, arrays, settings) if state_store else None
+    state = _load_state(context, state_store, user_key, settings, request=request)
+    try:
+        result = train_round(
+            arrays,
+            data,
+            state,
+            model_spec=settings.model,
+            training=settings.training,
+            privacy=settings.privacy,
+            explicit=settings.explicit,
+            seed=user_seed(settings, user_key, TRAIN_SEED),
+            server_round=settings.server_round,
+        )
+    except PrivacyBudgetExhausted:
+        # The user sits this round out and says so; nothing trained, nothing to send.
+        spent = state.ledger.epsilon if state.ledger else 0.0
+        return None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}
+    # The state (user embedding, ledger) is saved before the update leaves: a device that
+    # drops after this point has still recorded the privacy it spent.
+    _save_state(
+        context, state_store, user_key, settings.server_round, result.state, request=request
+    )
+    weight = len(data.train_items) if settings.weight_by_examples else 1
+    metrics = {
+        NUM_EXAMPLES: weight,
+        "train_loss": result.loss,
+        "epsilon": result.epsilon,
+        "local_steps": result.steps,
+    }
+    return result.item_update, metrics
+
+
+def evaluate_reply(
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    context: Context,
+    source: UserDataSource,
+    state_store: str | None = None,
+) -> dict[str, float]:
+    """The device's metrics for one evaluation request (see :func:`train_reply`)."""
+    metrics: dict[str, float] = {NUM_EXAMPLES: 1, "evaluated": 0}
+    try:
+        settings = parse_round_config(config)
+    except RoundRefused as err:
+        logger.warning("refused the server's evaluate request: %s", err)
+        return metrics
+    node_config = dict(context.node_config)
+    if STORE_KEY in node_config:
+        return evaluate_from_store(node_config, arrays, settings)
+    user_key, data = source.local_data(node_config, dict(context.run_config))
+    try:
+        check_received_arrays(arrays, settings, num_items=data.num_items)
+    except RoundRefused as err:
+        logger.warning("refused the server's evaluate request: %s", err)
+        return metrics
+    if len(data.test_items):
+        metrics |= evaluate_user(
+            arrays,
+            data,
+            _load_state(context, state_store, user_key, settings, request=None, after=True),
+            model_spec=settings.model,
+            eval_spec=settings.evaluation,
+            explicit=settings.explicit,
+            num_negatives=settings.training.num_negatives,
+            seed=user_seed(settings, user_key, EVAL_SEED),
+        )
+        metrics["evaluated"] = 1
+    return metrics
+
+
+def _unpack(msg: Message) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content.config_records else {}
+    arrays = (
+        {name: array.numpy() for name, array in msg.content[ARRAYS_KEY].items()}
+        if ARRAYS_KEY in msg.content.array_records
+        else {}
+    )
+    return config, arrays
 
 
 def build_client_app(
@@ -154,78 +249,12 @@ def build_client_app(
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        refused = {NUM_EXAMPLES: 0, ROUND_REFUSED: 1}
-        try:
-            settings, arrays = _request(msg)
-        except RoundRefused as err:
-            return _refusal(msg, err, refused)
-        node_config = dict(context.node_config)
-        if STORE_KEY in node_config:
-            return _message(msg, train_from_store(node_config, arrays, settings))
-        user_key, data = source.local_data(node_config, dict(context.run_config))
-        try:
-            check_received_arrays(arrays, settings, num_items=data.num_items)
-        except RoundRefused as err:
-            return _refusal(msg, err, refused)
-        request = _request_key(msg, arrays, settings) if state_store else None
-        state = _load_state(context, state_store, user_key, settings, request=request)
-        try:
-            result = train_round(
-                arrays,
-                data,
-                state,
-                model_spec=settings.model,
-                training=settings.training,
-                privacy=settings.privacy,
-                explicit=settings.explicit,
-                seed=user_seed(settings, user_key, TRAIN_SEED),
-                server_round=settings.server_round,
-            )
-        except PrivacyBudgetExhausted:
-            # The user sits this round out and says so; nothing trained, nothing to send.
-            spent = state.ledger.epsilon if state.ledger else 0.0
-            return _message(msg, (None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}))
-        # The state (user embedding, ledger) is saved before the update leaves: a device that
-        # drops after this point has still recorded the privacy it spent.
-        _save_state(
-            context, state_store, user_key, settings.server_round, result.state, request=request
-        )
-        weight = len(data.train_items) if settings.weight_by_examples else 1
-        metrics = {
-            NUM_EXAMPLES: weight,
-            "train_loss": result.loss,
-            "epsilon": result.epsilon,
-            "local_steps": result.steps,
-        }
-        return _message(msg, (result.item_update, metrics))
+        config, arrays = _unpack(msg)
+        return _message(msg, train_reply(config, arrays, context, source, state_store))
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics: dict[str, float] = {NUM_EXAMPLES: 1, "evaluated": 0}
-        try:
-            settings, arrays = _request(msg)
-        except RoundRefused as err:
-            return _refusal(msg, err, metrics)
-        node_config = dict(context.node_config)
-        if STORE_KEY in node_config:
-            return _message(msg, (None, evaluate_from_store(node_config, arrays, settings)))
-        user_key, data = source.local_data(node_config, dict(context.run_config))
-        try:
-            check_received_arrays(arrays, settings, num_items=data.num_items)
-        except RoundRefused as err:
-            return _refusal(msg, err, metrics)
-        if len(data.test_items):
-            metrics |= evaluate_user(
-                arrays,
-                data,
-                _load_state(context, state_store, user_key, settings, request=None, after=True),
-                model_spec=settings.model,
-                eval_spec=settings.evaluation,
-                explicit=settings.explicit,
-                num_negatives=settings.training.num_negatives,
-                seed=user_seed(settings, user_key, EVAL_SEED),
-            )
-            metrics["evaluated"] = 1
-        return _message(msg, (None, metrics))
+        config, arrays = _unpack(msg)
+        return _message(msg, (None, evaluate_reply(config, arrays, context, source, state_store)))
 
     return app

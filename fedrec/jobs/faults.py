@@ -94,7 +94,10 @@ class FaultInjector:
     def __call__(self, msg, context, call_next):
         if msg.metadata.message_type != "train":
             return call_next(msg, context)
-        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        return self.play(msg, context, call_next, int(msg.content[CONFIG_KEY]["server-round"]))
+
+    def play(self, msg, context, call_next, server_round: int):
+        """Answer ``msg`` through ``call_next``, or fail or straggle as drawn for this round."""
         partition = int(context.node_config["partition-id"])
         fault = draw_fault(self.spec, server_round, partition)
         if fault is Fault.DROPOUT_BEFORE_TRAINING:
@@ -107,3 +110,23 @@ class FaultInjector:
         if fault is Fault.STRAGGLER:
             time.sleep(self.delay_s)
         return reply
+
+
+class SecAggFaultInjector(FaultInjector):
+    """The same drawn faults on the SecAgg+ path (put it before ``secaggplus_mod``).
+
+    There a round's training is four messages (setup, share keys, collect masked vectors,
+    unmask) and the round config rides only on the third, where the device trains. So the fault
+    is played there: a dropout then happens after the keys were shared, which is exactly the case
+    SecAgg+ recovers from by reconstructing the dropped device's masks. The round is the
+    message's group id (the legacy workflow's round)."""
+
+    def __call__(self, msg, context, call_next):
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+
+        if msg.metadata.message_type != "train":
+            return call_next(msg, context)
+        stage_config = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if stage_config is None or stage_config.get("stage") != Stage.COLLECT_MASKED_VECTORS:
+            return call_next(msg, context)
+        return self.play(msg, context, call_next, int(msg.metadata.group_id))

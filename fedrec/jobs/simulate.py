@@ -16,17 +16,23 @@ import numpy as np
 from fedrec.client.app import build_client_app
 from fedrec.client.data_source import SplitUserSource
 from fedrec.client.messages import RoundSettings
+from fedrec.client.secagg_app import build_secagg_client_app
 from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
 from fedrec.cohort.app import CohortPlan, build_cohort_app
 from fedrec.data import DatasetSpec, Split, load_split
 from fedrec.eval import EvalSpec
-from fedrec.jobs.faults import FaultInjector, FaultSpec
+from fedrec.jobs.faults import FaultInjector, FaultSpec, SecAggFaultInjector
 from fedrec.model import ModelSpec
 from fedrec.privacy import PRIVACY_MODES, PrivacySpec
 from fedrec.privacy.user_level import plan_user_level
 from fedrec.run_dir import CONFIG_YAML, RunRecorder
 from fedrec.server.app import ServerPlan, build_server_app
 from fedrec.server.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
+from fedrec.server.secure_aggregation import (
+    SERVER_SAW,
+    SecureAggregationSpec,
+    build_secagg_server_app,
+)
 from fedrec.server.strategy import RoundRecord, StrategySpec
 
 logger = logging.getLogger("fedrec")
@@ -95,6 +101,7 @@ class SimulateJobConfig:
     strategy: StrategySpec = field(default_factory=StrategySpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     faults: FaultSpec = field(default_factory=FaultSpec)
+    secure_aggregation: SecureAggregationSpec = field(default_factory=SecureAggregationSpec)
     seed: int = 0
     resume: str = ""  # a run directory: continue that run after its last checkpointed round
 
@@ -182,6 +189,8 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
         min_replies=fed.min_replies,
         crash_after_replies_of_round=cfg.faults.server_crash_round,
     )
+    if cfg.secure_aggregation.enabled:
+        check_secure_aggregation(cfg, user_level_dp=user_level is not None)
     if fed.engine == "cohort":
         if user_level is not None:
             raise ValueError(
@@ -204,6 +213,33 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
             chunk_size=fed.cohort_chunk,
         ).config()
     return split, SplitUserSource(split, users), plan
+
+
+def check_secure_aggregation(cfg: SimulateJobConfig, *, user_level_dp: bool) -> None:
+    """Refuse, at config time, what cannot work when the server sees only a round's sum."""
+    fed, reason = cfg.federation, None
+    if fed.engine != "per_user":
+        reason = "federation.engine=per_user (a cohort node already sends the sum of many users)"
+    elif user_level_dp:
+        reason = (
+            f"privacy.mode none or record, not '{cfg.privacy.mode}': user-level DP clips each "
+            "update at the server, which SecAgg+ hides from it (device-side clipping with noise on "
+            "the sum is not implemented)"
+        )
+    elif fed.weighting != "uniform":
+        reason = (
+            "federation.weighting=uniform: SecAgg+ sums w·update clipped to ±clipping_range "
+            "with w <= max_weight, and each weight travels in the clear anyway"
+        )
+    elif cfg.strategy.name != "fedavg":
+        reason = "strategy=fedavg (the SecAgg+ path implements fedrec's FedAvg rule only)"
+    elif cfg.strategy.max_update_norm is not None:
+        reason = "strategy.max_update_norm unset: a per-update norm bound needs each update"
+    elif cfg.faults.server_crash_round or cfg.resume:
+        reason = "no resume= and no faults.server_crash_round (no checkpoints on this path)"
+    if reason is not None:
+        raise ValueError(f"secure_aggregation={cfg.secure_aggregation.name} needs {reason}")
+    cfg.secure_aggregation.check_federation(clients_per_round=fed.clients_per_round)
 
 
 def round_reporter(recorder: RunRecorder, rounds: int):
@@ -235,6 +271,8 @@ def _resume_point(cfg: SimulateJobConfig) -> tuple[SimulateJobConfig, Path, Serv
     if not checkpoint_path.exists():
         raise FileNotFoundError(f"{checkpoint_path}: no checkpoint; nothing to resume")
     resumed = load_run_config(run_dir)
+    if resumed.secure_aggregation.enabled:
+        raise ValueError(f"{run_dir} ran with secure aggregation, which keeps no checkpoints")
     resumed.resume = ""
     resumed.faults = dataclasses.replace(resumed.faults, server_crash_round=0)
     return resumed, run_dir, load_checkpoint(checkpoint_path)
@@ -283,14 +321,22 @@ def run_simulate(
         cfg.privacy.mode,
     )
     finished: dict[str, np.ndarray] = {}
-    server_app = build_server_app(
-        plan, on_round=round_reporter(recorder, fed.rounds), on_finish=finished.update
-    )
+    secagg = cfg.secure_aggregation
+    reporter = round_reporter(recorder, fed.rounds)
+    if secagg.enabled:
+        server_app = build_secagg_server_app(
+            plan, secagg, on_round=reporter, on_finish=finished.update
+        )
+    else:
+        server_app = build_server_app(plan, on_round=reporter, on_finish=finished.update)
     nodes = plan.cohort_nodes or len(users)
     store_path = None if state_store is None else str(state_store)
     if cfg.faults.injects_client_faults:  # outermost, so inner mods see a normal round
-        client_mods = [FaultInjector(cfg.faults, fed.timeout_s), *client_mods]
-    if plan.cohort_nodes:
+        injector = SecAggFaultInjector if secagg.enabled else FaultInjector
+        client_mods = [injector(cfg.faults, secagg.timeout_s or fed.timeout_s), *client_mods]
+    if secagg.enabled:
+        client_app = build_secagg_client_app(source, mods=client_mods, state_store=store_path)
+    elif plan.cohort_nodes:
         client_app = build_cohort_app(source, mods=client_mods, state_store=store_path)
     else:
         client_app = build_client_app(source, mods=client_mods, state_store=store_path)
@@ -387,6 +433,18 @@ def run_simulate(
                 "resumed_after_round": None if checkpoint is None else checkpoint.server_round,
             },
             **summary_privacy,
+            "secure_aggregation": (
+                {
+                    **dataclasses.asdict(secagg),
+                    "server_saw": SERVER_SAW,
+                    "quantization_step": secagg.quantization_step,
+                    "clipped_values": sum(
+                        row.get("secagg_clipped_values", 0) for row in recorder.rows
+                    ),
+                }
+                if secagg.enabled
+                else {"name": "none", "server_saw": "each device's update"}
+            ),
             "wall_time_s": wall,
             "seconds_per_round": [row["seconds"] for row in recorder.rows],
         }
