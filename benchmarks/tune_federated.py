@@ -10,7 +10,9 @@ num_negatives), plus
 - ``decay``: None, or "cosine" / "cosine-server" / "cosine-local": in round r (1..R) scale
   both (or only the server / only the local) learning rate by ``0.5 * (1 + cos(pi*(r-1)/R))``;
 - ``dim``, ``std`` (initial embedding std), ``noise`` (None = no DP, else DP-SGD's noise
-  multiplier), ``refit`` (evaluation-time refit epochs);
+  multiplier), ``clip`` (DP-SGD's clipping norm, default 1.0), ``target_eps`` (each device
+  solves its own σ so that ``rounds`` rounds stay within it, as ``privacy=budget`` does;
+  implies DP), ``refit`` (evaluation-time refit epochs);
 - ``every`` (evaluate every that many rounds; always at the last), ``val`` (True: score on a
   validation split carving each user's latest training item, ``make_split(split.train,
   "leave_one_out", seed=0)``, for choosing without looking at the test items).
@@ -48,6 +50,7 @@ def main(kw: dict) -> None:
     dim, std, noise = kw.pop("dim", 64), kw.pop("std", 0.1), kw.pop("noise", None)
     refit, decay, val = kw.pop("refit", 0), kw.pop("decay", None), kw.pop("val", False)
     server, tau = kw.pop("server", "avg"), kw.pop("tau", 1e-3)
+    clip, target_eps = kw.pop("clip", 1.0), kw.pop("target_eps", None)
     if decay not in (None, "cosine", "cosine-server", "cosine-local"):
         raise ValueError(f"decay={decay!r}")
     split = load_split(DatasetSpec(name="movielens_100k"))
@@ -58,9 +61,18 @@ def main(kw: dict) -> None:
     datas = [source.local_data({"partition-id": p})[1] for p in range(len(users))]
     model_spec = ModelSpec(dim, std)
     base = LocalTrainingSpec(**kw)
-    privacy = (
-        PrivacySpec(mode="record", noise_multiplier=noise) if noise is not None else PrivacySpec()
-    )
+    if target_eps is not None:
+        privacy = PrivacySpec(
+            mode="record",
+            max_grad_norm=clip,
+            target_epsilon=target_eps,
+            solve_noise_multiplier=True,
+            planned_rounds=rounds,
+        )
+    elif noise is not None:
+        privacy = PrivacySpec(mode="record", noise_multiplier=noise, max_grad_norm=clip)
+    else:
+        privacy = PrivacySpec()
     items = random_item_arrays(split.train.num_items, dim, init_std=std, seed=0)
     states = [DeviceState() for _ in users]
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,25 @@ def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     assert "| user | user-level (server) | 2 |" in table
     assert "| none | none (no DP) | inf |" in table
     assert (tmp_path / "pareto.png").stat().st_size > 5000
+
+
+def test_sweep_gives_each_mode_its_own_recipe_and_the_budget_last():
+    from fedrec.jobs.sweep import SweepJobConfig, run_points
+
+    cfg = SweepJobConfig(
+        modes=["record"],
+        epsilons=[1.0, math.inf],
+        seeds=[0],
+        mode_overrides={"none": ["+experiment=a"], "record": ["+experiment=b", "privacy.x=1"]},
+    )
+    assert run_points(cfg) == [
+        ("none", math.inf, 0, ["+experiment=a", "privacy=none"]),
+        (
+            "record",
+            1.0,
+            0,
+            ["+experiment=b", "privacy.x=1", "privacy=budget", "privacy.target_epsilon=1.0"],
+        ),
+    ]
+    with pytest.raises(ValueError, match="mode_overrides names \\['recrod'\\]"):
+        SweepJobConfig(mode_overrides={"recrod": []})

@@ -7,6 +7,11 @@ The two modes' ε are different guarantees and the table says which: ``record`` 
 about one interaction (each device solves its own σ for the budget; ε spent is the largest over
 users), ``user`` is about a user's whole participation (the server solves z for the budget over
 the planned rounds; ε spent is the server accountant's).
+
+``mode_overrides`` gives each mode its own recipe on top of ``simulate_overrides``: DP-SGD
+wants a clipping norm, learning rates and round counts that would handicap the non-private
+run, and the non-private row is the baseline every ratio is taken against, so it must be the
+best non-private recipe, not the DP recipe with the noise turned off.
 """
 
 from __future__ import annotations
@@ -65,12 +70,18 @@ class SweepJobConfig:
     epsilons: list[float] = field(default_factory=lambda: [0.5, 1, 2, 4, 8, 16, math.inf])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     simulate_overrides: list[str] = field(default_factory=list)
+    mode_overrides: dict[str, list[str]] = field(default_factory=dict)  # mode -> overrides
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@20", "sampled_hr@10"])
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
         if unknown:
             raise ValueError(f"sweep.modes {unknown}; accepted: {', '.join(MODES)}")
+        unknown = sorted(set(self.mode_overrides) - set(SWEEP_MODES))
+        if unknown:
+            raise ValueError(
+                f"sweep.mode_overrides names {unknown}; accepted: {', '.join(SWEEP_MODES)}"
+            )
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
             raise ValueError("sweep.epsilons must be positive numbers (inf for no DP)")
         if not self.seeds:
@@ -78,13 +89,20 @@ class SweepJobConfig:
 
 
 def run_points(cfg: SweepJobConfig) -> list[tuple[str, float, int, list[str]]]:
+    """(mode, ε, seed, simulate overrides) per run: the shared ones, the mode's recipe, then
+    the budget, so a mode's recipe cannot override the budget the sweep is measuring."""
     points = []
+
+    def point(mode: str, eps: float, seed: int) -> tuple[str, float, int, list[str]]:
+        recipe = list(cfg.mode_overrides.get(mode, []))
+        return mode, eps, seed, [*recipe, *SWEEP_MODES[mode].overrides(eps)]
+
     for seed in cfg.seeds:
         if any(math.isinf(e) for e in cfg.epsilons):
-            points.append(("none", math.inf, seed, SWEEP_MODES["none"].overrides(math.inf)))
+            points.append(point("none", math.inf, seed))
         for mode in cfg.modes:
             for eps in (e for e in cfg.epsilons if not math.isinf(e)):
-                points.append((mode, eps, seed, SWEEP_MODES[mode].overrides(eps)))
+                points.append(point(mode, eps, seed))
     return points
 
 
