@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.attack.defenses import DefenseSpec, aggregate
 from fedrec.attack.poisoners import (
     POISONERS,
     AttackSpec,
@@ -28,6 +27,7 @@ from fedrec.attack.poisoners import (
 from fedrec.audit.clients import LocalRecipe, SimulatedClients, Update
 from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec, evaluate_user
 from fedrec.eval import average_over_users
+from fedrec.server.defenses import DefenseSpec, aggregate
 
 
 @dataclass

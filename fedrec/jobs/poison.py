@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrec.attack.defenses import DefenseSpec
 from fedrec.attack.poisoners import AttackSpec
 from fedrec.attack.run import PoisonFederationSpec, run_poisoned_federation
 from fedrec.audit.clients import LocalRecipe, SimulatedClients
-from fedrec.data import DatasetSpec, load_split
+from fedrec.data import DatasetSpec, Split, load_split
 from fedrec.model import ModelSpec
 from fedrec.model.mf import random_item_arrays
 from fedrec.privacy import PrivacySpec
 from fedrec.run_dir import RunRecorder
+from fedrec.server.defenses import DefenseSpec
 
 logger = logging.getLogger("fedrec")
 
@@ -48,11 +48,18 @@ class PoisonJobConfig:
             )
 
 
-def run_poison(cfg: PoisonJobConfig, run_dir: str | Path) -> dict[str, float]:
-    """Run the poisoned federation; return the last round's exposure and NDCG@10."""
+def run_poison(
+    cfg: PoisonJobConfig, run_dir: str | Path, *, split: Split | None = None, plot: bool = True
+) -> dict[str, float]:
+    """Run the poisoned federation; return the last round's exposure, the target's median
+    rank and NDCG@10.
+
+    ``split``: the already loaded split of ``cfg.dataset`` (a benchmark grid loads it once);
+    ``plot``: write ``metrics.png`` (a grid of many runs skips it to save time).
+    """
     torch.set_num_threads(1)
     recorder = RunRecorder(run_dir)
-    split = load_split(cfg.dataset)
+    split = split if split is not None else load_split(cfg.dataset)
     fed = cfg.federation
     num_users = split.train.num_users
     if fed.num_clients == 0 or fed.num_clients >= num_users:
@@ -86,7 +93,8 @@ def run_poison(cfg: PoisonJobConfig, run_dir: str | Path) -> dict[str, float]:
         seed=cfg.seed,
         on_round=on_round,
     )
-    recorder.plot("server_round", ["exposure@10", "target_median_rank", "ndcg@10"], "poisoning")
+    if plot:
+        recorder.plot("server_round", ["exposure@10", "target_median_rank", "ndcg@10"], "poisoning")
     final = rows[-1]
     recorder.write_summary(
         {
@@ -100,6 +108,7 @@ def run_poison(cfg: PoisonJobConfig, run_dir: str | Path) -> dict[str, float]:
     )
     return {
         "exposure@10": final["exposure@10"],
+        "target_median_rank": final["target_median_rank"],
         "ndcg@10": final["ndcg@10"],
         "target_item": final["target_item"],
         "malicious_clients": final["malicious_clients"],
