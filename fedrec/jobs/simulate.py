@@ -28,6 +28,7 @@ from fedrec.privacy.user_level import plan_user_level
 from fedrec.run_dir import CONFIG_YAML, RunRecorder
 from fedrec.server.app import ServerPlan, build_server_app
 from fedrec.server.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
+from fedrec.server.defenses import DefenseSpec
 from fedrec.server.secure_aggregation import (
     SERVER_SAW,
     SecureAggregationSpec,
@@ -104,6 +105,9 @@ class SimulateJobConfig:
     secure_aggregation: SecureAggregationSpec = field(default_factory=SecureAggregationSpec)
     seed: int = 0
     resume: str = ""  # a run directory: continue that run after its last checkpointed round
+    # How the server combines the round's updates: none (the strategy's mean) or a robust rule
+    # (configs/defense/, the rules fedrec poison measures); per-user nodes only.
+    defense: DefenseSpec = field(default_factory=DefenseSpec)
 
 
 def choose_users(num_users: int, num_clients: int, seed: int) -> np.ndarray:
@@ -212,7 +216,33 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
             sample_seed=sample_seed,
             chunk_size=fed.cohort_chunk,
         ).config()
+    check_defense(cfg)
+    plan.defense = cfg.defense
     return split, SplitUserSource(split, users), plan
+
+
+def check_defense(cfg: SimulateJobConfig) -> None:
+    """Refuse a robust rule where the server does not see one update per user: a cohort node's
+    reply is the mean of many users' updates (a median or trimmed mean over two node means
+    protects nothing), and secure aggregation shows the server only the round's sum."""
+    if cfg.defense.name == "none":
+        return
+    if cfg.federation.engine != "per_user":
+        raise ValueError(
+            f"defense={cfg.defense.name} needs federation.engine=per_user: a cohort node sends "
+            "the mean of its users' updates, so a robust rule over node replies is meaningless "
+            "(fedrec poison measures the defenses per user)"
+        )
+    if cfg.privacy.user_level:
+        raise ValueError(
+            f"defense={cfg.defense.name} cannot be combined with privacy.mode={cfg.privacy.mode}: "
+            "the server's noise is calibrated to the mean of clipped updates; use defense=none"
+        )
+    if cfg.secure_aggregation.enabled:
+        raise ValueError(
+            f"defense={cfg.defense.name} needs each user's update at the server; "
+            "secure aggregation shows it only the round's sum: use defense=none"
+        )
 
 
 def check_secure_aggregation(cfg: SimulateJobConfig, *, user_level_dp: bool) -> None:

@@ -23,6 +23,7 @@ from fedrec.client.messages import RoundSettings, round_config
 from fedrec.model.mf import random_item_arrays
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.server.checkpoint import ServerCheckpoint, capture, restore, save_checkpoint
+from fedrec.server.defenses import DefenseSpec
 from fedrec.server.strategy import RoundCallback, RoundRecord, StrategySpec, make_strategy
 
 logger = logging.getLogger("fedrec.server")
@@ -52,6 +53,7 @@ class ServerPlan:
     checkpoint_path: str | Path | None = None  # written after every round
     resume: ServerCheckpoint | None = None  # continue after this checkpoint's round
     crash_after_replies_of_round: int = 0  # fault injection: SIGKILL this process (0: never)
+    defense: DefenseSpec | None = None  # a robust aggregation rule (None or name none: the mean)
 
     def __post_init__(self) -> None:
         if self.user_level is not None and self.settings.weight_by_examples:
@@ -122,6 +124,7 @@ def run_federation(
         user_level=plan.user_level,
         seed=plan.seed,
         min_replies=plan.min_replies,
+        defense=plan.defense,
     )
     sent_config = round_config(plan.settings) | plan.extra_config
 

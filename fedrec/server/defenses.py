@@ -1,7 +1,10 @@
 """How the server combines a round's item-side deltas: the plain mean, or a robust rule.
 
 Each rule maps a list of updates (deltas, as our strategy receives them) to one aggregate; the
-server then applies ``items += server_lr · aggregate`` as ``ValidatedFedAvg`` does. Flower's
+server then applies ``items += server_lr · aggregate``. One implementation serves both places
+that aggregate: ``fedrec poison``'s in-process rounds and, with ``fedrec simulate defense=``,
+the Flower strategy (``ValidatedDeltaMixin``), where it replaces the mean of the accepted
+deltas. The rules are unweighted (as Flower's robust strategies): each update counts once. Flower's
 robust strategies aggregate ``current + delta``; every rule here is translation-equivariant
 (coordinate-wise median and trimmed mean, Krum's choice by pairwise distances), so applying it
 to the deltas gives the same table. The rules are Flower's own functions where they are plain

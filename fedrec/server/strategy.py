@@ -31,6 +31,7 @@ from fedrec.client.messages import (
 from fedrec.eval.metrics import average_over_users
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.registry import Registry
+from fedrec.server.defenses import DefenseSpec, aggregate
 from fedrec.server.user_dp import UserLevelDPMixin, server_noise_rng
 from fedrec.server.validation import ExpectedArrays, expected_arrays, rejection_reason
 
@@ -126,9 +127,12 @@ class ValidatedDeltaMixin:
         last_round: int = 0,
         min_replies: int = 0,
         server_lr_schedule: str = "constant",
+        defense: DefenseSpec | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # A robust rule over the accepted deltas (fedrec.server.defenses); None: the base's mean.
+        self.defense = defense if defense is not None and defense.name != "none" else None
         self.server_lr_schedule = server_lr_schedule
         self._base_update_scale = update_scale
         self._base_eta = getattr(self, "eta", None)  # FedAdam/FedYogi's server learning rate
@@ -291,6 +295,8 @@ class ValidatedDeltaMixin:
             logger.warning("round %d: no acceptable update; the model is unchanged", server_round)
             self.record.skipped = 1
             return None, None
+        if self.defense is not None:
+            return self._aggregate_robustly(server_round, accepted)
         for reply in accepted:
             delta = reply.content[ARRAYS_KEY]
             reply.content[ARRAYS_KEY] = ArrayRecord(
@@ -299,6 +305,25 @@ class ValidatedDeltaMixin:
                     for name in self.global_arrays
                 }
             )
+        return super().aggregate_train(server_round, accepted)
+
+    def _aggregate_robustly(self, server_round: int, accepted: list[Message]):
+        """The defense's rule over the deltas (unweighted, as Flower's robust strategies), then
+        the base strategy's step from it: every reply is given ``current + update_scale ·
+        rule(deltas)``, so FedAvg's weighted mean returns exactly that table (up to rounding),
+        FedAdam/FedYogi take their pseudo-gradient from it, and train metrics are still
+        averaged over all accepted replies."""
+        deltas = [
+            {name: reply.content[ARRAYS_KEY][name].numpy() for name in self.global_arrays}
+            for reply in accepted
+        ]
+        step = aggregate(deltas, self.defense)
+        robust = {
+            name: (current + self.update_scale * step[name]).astype(current.dtype, copy=False)
+            for name, current in self.global_arrays.items()
+        }
+        for reply in accepted:
+            reply.content[ARRAYS_KEY] = ArrayRecord({k: Array(v) for k, v in robust.items()})
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
@@ -351,6 +376,7 @@ def make_strategy(
     user_level: UserLevelPlan | None = None,
     seed: int = 0,
     min_replies: int = 0,
+    defense: DefenseSpec | None = None,
 ) -> FedAvg:
     """The configured FedAvg-family strategy behind the validated-delta mixin; with a
     ``user_level`` plan, DP-FedAvg in front of it (noise and client sampling seeded by ``seed``).
@@ -358,8 +384,17 @@ def make_strategy(
     ``min_replies``: a round with fewer accepted updates is skipped (model unchanged). Not with
     user-level DP: there every round releases its noisy mean, however few took part, because
     whether a round is released must not depend on who was sampled.
+
+    ``defense``: a robust rule (:mod:`fedrec.server.defenses`) in place of the mean of the
+    accepted deltas; each reply must be one user's update (not a cohort node's mean), and not
+    with user-level DP, whose noise is calibrated to the mean of clipped updates.
     """
     base = STRATEGIES.get(spec.name)
+    if user_level is not None and defense is not None and defense.name != "none":
+        raise ValueError(
+            f"defense={defense.name} cannot be combined with user-level DP: the server's noise "
+            "is calibrated to the mean of clipped updates; use defense=none"
+        )
     mixins: tuple[type, ...] = (ValidatedDeltaMixin,)
     extra: dict = {}
     if user_level is not None:
@@ -386,6 +421,7 @@ def make_strategy(
         last_round=rounds,
         min_replies=0 if user_level is not None else min_replies,
         server_lr_schedule=spec.server_lr_schedule,
+        defense=defense,
         **options,
         **extra,
     )
