@@ -19,7 +19,16 @@ The newest ledger is the last one written (a per-user write sequence), and a wri
 hold a lower ε than it is refused, so a user's recorded ε never goes down. Arrays are stored as
 raw bytes with dtype and shape (never pickled); the ledger as JSON. The file runs in WAL mode
 with a busy timeout, since the simulation's worker processes write to it concurrently; every
-write is one transaction.
+write is one transaction, begun ``IMMEDIATE`` so that it waits for the write lock up front
+instead of failing when a read transaction cannot be upgraded.
+
+Concurrent writers wait, they do not fail: SQLite's busy handler (the connection's timeout) does
+not cover every lock. Switching a file into WAL mode (``PRAGMA journal_mode=WAL``) answers
+``database is locked`` *at once*, without calling the handler, when another connection holds a
+lock on the still rollback-journal file, which is exactly what happens when several workers
+open a new run's store at the same moment (one is converting it while another asks). So the
+switch is retried here until the same timeout, and skipped once the file is in WAL mode (the
+mode is stored in the file).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +77,7 @@ class DeviceStateStore:
     def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(self._db, timeout_s)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
@@ -185,6 +195,35 @@ class DeviceStateStore:
             name: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(json.loads(shape)).copy()
             for name, dtype, shape, data in rows
         }
+
+
+def _enable_wal(db: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the file in WAL mode, waiting up to ``timeout_s`` for other connections' locks.
+
+    ``PRAGMA journal_mode=WAL`` fails immediately with ``database is locked`` (no busy handler)
+    while another connection holds a lock on a rollback-journal file, e.g. a second worker
+    converting the same new file; it may also leave the mode unchanged and report the old one.
+    Both are retried with a short backoff. A file already in WAL mode needs no lock for this.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.001
+    while True:
+        try:
+            mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            if mode == "wal":
+                return
+            failure = f"journal_mode stayed '{mode}'"
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            failure = str(err)
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(
+                f"could not switch the device-state store to WAL mode within {timeout_s} s: "
+                f"{failure}"
+            )
+        time.sleep(delay_s)
+        delay_s = min(2 * delay_s, 0.05)
 
 
 def _ledger(text: str | None) -> PrivacyLedger | None:
