@@ -12,7 +12,8 @@ num_negatives), plus
 - ``dim``, ``std`` (initial embedding std), ``noise`` (None = no DP, else DP-SGD's noise
   multiplier), ``clip`` (DP-SGD's clipping norm, default 1.0), ``target_eps`` (each device
   solves its own σ so that ``rounds`` rounds stay within it, as ``privacy=budget`` does;
-  implies DP), ``refit`` (evaluation-time refit epochs);
+  implies DP), ``refit`` (evaluation-time refit epochs), ``refit_lr``, ``refit_zero`` (True:
+  the refit starts from a zero user embedding instead of the kept one);
 - ``every`` (evaluate every that many rounds; always at the last), ``val`` (True: score on a
   validation split carving each user's latest training item, ``make_split(split.train,
   "leave_one_out", seed=0)``, for choosing without looking at the test items).
@@ -51,6 +52,7 @@ def main(kw: dict) -> None:
     refit, decay, val = kw.pop("refit", 0), kw.pop("decay", None), kw.pop("val", False)
     server, tau = kw.pop("server", "avg"), kw.pop("tau", 1e-3)
     clip, target_eps = kw.pop("clip", 1.0), kw.pop("target_eps", None)
+    refit_lr, refit_zero = kw.pop("refit_lr", 0.05), kw.pop("refit_zero", False)
     if decay not in (None, "cosine", "cosine-server", "cosine-local"):
         raise ValueError(f"decay={decay!r}")
     split = load_split(DatasetSpec(name="movielens_100k"))
@@ -108,12 +110,14 @@ def main(kw: dict) -> None:
         else:
             items = {k: items[k] + server_lr * server_scale * mean[k] for k in items}
         if r % every == 0 or r == rounds:
-            spec = LocalEvalSpec(refit_epochs=refit)
+            spec = LocalEvalSpec(refit_epochs=refit, refit_lr=refit_lr)
             metrics = average_over_users(
                 evaluate_user(
                     items,
                     d,
-                    s,
+                    DeviceState({k: np.zeros_like(v) for k, v in s.user_arrays.items()})
+                    if refit_zero and s.user_arrays
+                    else s,
                     model_spec=model_spec,
                     eval_spec=spec,
                     explicit=False,

@@ -133,6 +133,9 @@ def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     assert "| record | record-level, max over users | 2 |" in table
     assert "| user | user-level (server) | 2 |" in table
     assert "| none | none (no DP) | inf |" in table
+    assert "ndcg@10 / no DP" in table.splitlines()[0]
+    none_row = next(line for line in table.splitlines() if line.startswith("| none"))
+    assert "| 1.00 |" in none_row  # the baseline of the ratio column is the non-private run
     assert (tmp_path / "pareto.png").stat().st_size > 5000
 
 

@@ -167,7 +167,11 @@ def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
 
 
 def markdown(summary: list[dict], metrics: list[str]) -> str:
-    header = ["mode", "ε refers to", "target ε", "ε spent", *metrics, "wall (s)", "seeds"]
+    """The table, with the first metric also as a ratio of the non-private run's (the goals
+    of the privacy issue are stated that way); "–" when the sweep has no ε = ∞ run."""
+    baseline = next((s[f"{metrics[0]}_mean"] for s in summary if s["mode"] == "none"), None)
+    header = ["mode", "ε refers to", "target ε", "ε spent", *metrics]
+    header += [f"{metrics[0]} / no DP", "wall (s)", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         cells = [
@@ -177,6 +181,8 @@ def markdown(summary: list[dict], metrics: list[str]) -> str:
             f"{s['epsilon_spent_mean']:.3g}",
         ]
         cells += [f"{s[f'{m}_mean']:.4f} ± {s[f'{m}_std']:.4f}" for m in metrics]
+        ratio = s[f"{metrics[0]}_mean"] / baseline if baseline else None
+        cells.append("–" if ratio is None else f"{ratio:.2f}")
         cells += [f"{s['wall_time_s_mean']:.0f}", str(s["seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
