@@ -43,6 +43,7 @@ from fedrec.client.messages import (
     user_seed,
 )
 from fedrec.client.state_store import DeviceStateStore, request_digest
+from fedrec.client.table_check import check_item_table
 from fedrec.client.trainer import DeviceState, evaluate_user, train_round
 from fedrec.privacy.ledger import PrivacyBudgetExhausted
 
@@ -79,6 +80,9 @@ def train_from_store(
             ledger = client.store.ledger()
             spent = ledger.epsilon if ledger else 0.0
             return None, {NUM_EXAMPLES: 0, BUDGET_EXHAUSTED: 1, "epsilon": spent}
+        except RoundRefused as err:  # a table that does not fit the store, or looks crafted
+            logger.warning("refused the server's train request: %s", err)
+            return None, {NUM_EXAMPLES: 0, ROUND_REFUSED: 1}
     return update.item_update, update.metrics
 
 
@@ -157,6 +161,7 @@ def train_reply(
     user_key, data = source.local_data(node_config, dict(context.run_config))
     try:
         check_received_arrays(arrays, settings, num_items=data.num_items)
+        check_item_table(arrays)  # a crafted table (ImplausibleTable) is refused, not trained on
     except RoundRefused as err:
         logger.warning("refused the server's train request: %s", err)
         return None, {NUM_EXAMPLES: 0, ROUND_REFUSED: 1}

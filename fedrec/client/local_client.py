@@ -48,6 +48,7 @@ from fedrec.client.store import (
     SentRound,
     SentTensor,
 )
+from fedrec.client.table_check import check_item_table
 from fedrec.client.trainer import DeviceState, LocalData, evaluate_user
 
 TRAIN_SEED, EVAL_SEED = 1, 2  # the same purposes the simulation's ClientApp uses
@@ -230,9 +231,12 @@ class FedrecClient:
         *before* the update is returned, and only if every category used is still consented at
         that moment: a withdrawal during the round discards the update. Raises
         :class:`ConsentRequired`, :class:`NothingToTrain`, or the trainer's
-        ``PrivacyBudgetExhausted`` (nothing trained, nothing to send).
+        ``PrivacyBudgetExhausted`` (nothing trained, nothing to send); and ``RoundRefused``
+        (:class:`~fedrec.client.table_check.ImplausibleTable`, with the reason) for a table that
+        does not fit this device or looks crafted, before anything is trained.
         """
         self._check_item_arrays(item_arrays)
+        check_item_table(item_arrays)
         status = self.consent_status()
         data = self.local_data(status, rated_only=settings.explicit)
         used = {row.category for row in self.store.interactions() if status.allows(row.category)}

@@ -3,10 +3,13 @@
 ``parse_round_config`` refuses absurd settings, but nothing looked at the table's values. An
 active server can craft them so that the update reveals the user's items
 (``fedrec.audit.active``: e.g. every bias at −30 silences the negatives). An honest table comes
-out of averaged small updates, so its values stay in a modest range and change little from one
-round to the next; this check refuses tables far outside that. It is a tripwire against crude
-manipulation, not a defense against a careful adversary (who can stay within any fixed limits);
-DP-SGD's guarantee is what holds whatever the table is.
+out of averaged updates: its biases are centred near zero, no single item stands far out of
+the rest, and the biases' mean changes little from one round to the next; this check refuses
+tables far outside that, in terms that DP noise on the table does not trip (see
+:class:`TableLimits`). Every ClientApp (``train_reply``) and the embedded ``FedrecClient`` run it
+before training. It is a tripwire against crude manipulation, not a defense against a careful
+adversary (who can stay within any limits); DP-SGD's guarantee is what holds whatever the
+table is.
 """
 
 from __future__ import annotations
@@ -15,19 +18,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.client.messages import RoundRefused
 
-class ImplausibleTable(ValueError):
-    """The received item table looks crafted; the device does not train on it."""
+
+class ImplausibleTable(RoundRefused):
+    """The received item table looks crafted; the device does not train on it (a
+    :class:`RoundRefused`, so the ClientApp answers the round as refused, with the reason in
+    the device's log)."""
 
 
 @dataclass(frozen=True)
 class TableLimits:
-    """``max_abs_bias``: largest |item bias|; ``max_row_norm``: largest item-vector norm;
-    ``max_bias_shift``: largest |mean bias change| since the table the device last saw (a
-    uniform shift of every bias is what silences negatives)."""
+    """What an honest table stays within, in forms that DP noise does not break.
 
+    DP noise on the server's step (user-level DP-FedAvg: ``server_lr · z · C / clients`` per
+    value and round) makes every value of an honest table large, so fixed caps on the largest
+    bias or row refuse honest noisy tables (the audit saw 4 of 5 refused at user-level ε = 1).
+    Noise is zero-mean and the same for every item, so the limits are on what it leaves alone:
+
+    ``max_median_bias``: largest |median item bias| (a crafted shift of every bias moves it,
+    noise does not). ``max_abs_bias`` / ``max_row_norm``: a bias or an item-vector norm beyond
+    these is refused only if it is also an outlier of the table itself: more than
+    ``outlier_spread`` robust standard deviations (1.4826 · MAD) from the median bias, or more
+    than ``outlier_norm_multiple`` × the median row norm. ``max_bias_shift``: largest |mean bias
+    change| since the table the device last saw (a uniform shift is what silences negatives),
+    when the caller has that table.
+    """
+
+    max_median_bias: float = 10.0
     max_abs_bias: float = 10.0
     max_row_norm: float = 20.0
+    outlier_spread: float = 8.0
+    outlier_norm_multiple: float = 4.0
     max_bias_shift: float = 2.0
 
 
@@ -41,17 +63,32 @@ def check_item_table(
     for name, value in item_arrays.items():
         if not np.isfinite(value).all():
             raise ImplausibleTable(f"'{name}' holds NaN or infinite values")
-    bias = np.asarray(item_arrays.get("item_bias.weight", np.zeros(0))).reshape(-1)
-    if bias.size and np.abs(bias).max() > limits.max_abs_bias:
-        raise ImplausibleTable(
-            f"an item bias of {np.abs(bias).max():.3g} exceeds {limits.max_abs_bias:g}"
-        )
-    table = item_arrays.get("item_embedding.weight")
-    if table is not None and len(table):
-        largest = float(np.linalg.norm(table, axis=1).max())
-        if largest > limits.max_row_norm:
+    bias = np.asarray(item_arrays.get("item_bias.weight", np.zeros(0)), np.float64).reshape(-1)
+    if bias.size:
+        center = float(np.median(bias))
+        if abs(center) > limits.max_median_bias:
             raise ImplausibleTable(
-                f"an item vector of norm {largest:.3g} exceeds {limits.max_row_norm:g}"
+                f"the median item bias is {center:.3g}; expected within "
+                f"±{limits.max_median_bias:g} (every bias was shifted)"
+            )
+        spread = 1.4826 * float(np.median(np.abs(bias - center)))
+        allowed = max(limits.max_abs_bias, limits.outlier_spread * spread)
+        worst = int(np.argmax(np.abs(bias - center)))
+        if abs(bias[worst] - center) > allowed:
+            raise ImplausibleTable(
+                f"item {worst}'s bias {bias[worst]:.3g} lies {abs(bias[worst] - center):.3g} "
+                f"from the median bias; the table's own spread allows {allowed:.3g}"
+            )
+    table = item_arrays.get("item_embedding.weight")
+    if table is not None and np.size(table):
+        norms = np.linalg.norm(np.asarray(table, np.float64), axis=1)
+        allowed = max(limits.max_row_norm, limits.outlier_norm_multiple * float(np.median(norms)))
+        worst = int(np.argmax(norms))
+        if norms[worst] > allowed:
+            raise ImplausibleTable(
+                f"item {worst}'s vector has norm {norms[worst]:.3g}; the table allows "
+                f"{allowed:.3g} ({limits.outlier_norm_multiple:g}× its median row norm, at "
+                f"least {limits.max_row_norm:g})"
             )
     if previous is not None and bias.size and "item_bias.weight" in previous:
         shift = float(np.mean(bias - np.asarray(previous["item_bias.weight"]).reshape(-1)))
