@@ -166,15 +166,6 @@ def test_cohort_federation_equals_the_per_user_federation(tmp_path) -> None:
     assert float(rows[1][-1]["epsilon_max"]) > 0
 
 
-def test_cohort_engine_refuses_user_level_dp(tmp_path) -> None:
-    from fedrec.cli import compose
-    from fedrec.jobs.simulate import prepare_federation
-
-    cfg = compose("simulate", ["federation.engine=cohort", "privacy=user"])
-    with pytest.raises(ValueError, match="engine=per_user"):
-        prepare_federation(cfg)
-
-
 def test_a_user_at_budget_sits_out_and_the_others_train() -> None:
     items, users = _items(40, 8, False), _users(40, False)[:3]
     spec = ModelSpec(embedding_dim=8)

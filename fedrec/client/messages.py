@@ -31,6 +31,9 @@ DECLINED = (CONSENT_MISSING, NO_TRAINING_DATA)
 # A train reply without arrays: the device refused the server's request (absurd settings, a
 # table it did not expect). The reason stays in the device's log; the server counts it.
 ROUND_REFUSED = "round_refused"
+# A cohort node's train reply under user-level DP: its arrays are the *sum* of this many users'
+# item updates, each clipped to privacy.user_clip_norm on the node (not a mean, not one user).
+USERS_SUMMED = "users_summed"
 MAX_EMBEDDING_DIM = 4096  # a device's own ceiling on the model size a server may ask for
 
 

@@ -7,6 +7,13 @@ embedding and ledger in the node's state, and the node replies with the mean of 
 item-side updates (weighted like the per-user path) and per-user scalars (ε, outcome counts).
 Which users take part in a round is drawn the same way on every node from a seed the server
 sends, so the round samples ``clients_per_round`` users out of all of them, uniformly.
+
+Under user-level DP (privacy modes ``user``, ``both``) two things change, so that the server's
+DP-FedAvg release is the same mechanism as on the per-user path (:mod:`fedrec.privacy.user_level`):
+users are Poisson-sampled (each independently with q = clients_per_round / num_clients, which is
+what the accountant analyses), and the node replies with the **sum** of its users' updates, each
+clipped to ``user_clip_norm`` by the device's own :func:`clip_update`, and the count it summed
+(``users_summed``). The server adds the nodes' sums, the noise, and divides by q·N.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from fedrec.client.messages import (
     CONFIG_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
+    USERS_SUMMED,
     RoundRefused,
     parse_round_config,
     user_seed,
@@ -50,6 +58,9 @@ class CohortPlan:
     eval_clients_per_round: int
     sample_seed: int
     chunk_size: int = 256
+    # 1: Poisson sampling of training users at q = clients_per_round / num_clients (user-level
+    # DP needs it); 0: exactly clients_per_round users, uniformly.
+    poisson_sampling: int = 0
 
     def config(self) -> dict[str, int]:
         return {f"{PREFIX}{name}": int(value) for name, value in self.__dict__.items()}
@@ -66,9 +77,16 @@ class CohortPlan:
 
 
 def sampled_users(plan: CohortPlan, server_round: int, evaluation: bool) -> np.ndarray:
-    """The round's users (indices into the federation), the same on every node."""
+    """The round's users (indices into the federation), the same on every node.
+
+    With ``plan.poisson_sampling`` a training round takes each user independently with
+    probability q = clients_per_round / num_clients (q = 1: everyone), so the number of users
+    varies from round to round; evaluation always takes a fixed number."""
     count = plan.eval_clients_per_round if evaluation else plan.clients_per_round
     rng = np.random.default_rng([plan.sample_seed, server_round, int(evaluation)])
+    if plan.poisson_sampling and not evaluation:
+        rate = plan.clients_per_round / plan.num_clients
+        return np.flatnonzero(rng.random(plan.num_clients) < rate)
     if count >= plan.num_clients:
         return np.arange(plan.num_clients)
     return np.sort(rng.choice(plan.num_clients, count, replace=False))
@@ -113,6 +131,12 @@ def build_cohort_app(
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         plan, settings, arrays = _split_config(msg)
+        user_level = settings.privacy.user_level
+        if user_level and (not plan.poisson_sampling or settings.weight_by_examples):
+            # Fail closed: the server's accountant assumes Poisson-sampled, equally weighted users.
+            raise RoundRefused(
+                "user-level DP on cohort nodes needs Poisson sampling of users and uniform weights"
+            )
         chosen = [
             (index, *source.local_data({"partition-id": index}))
             for index in _members_of(plan, settings.server_round, context, evaluation=False)
@@ -163,10 +187,14 @@ def build_cohort_app(
         content = {}
         if trained:
             metrics["train_loss"] = float(np.mean([o.loss for o in trained]))
-            mean = {
-                k: (v / result.weight_sum).astype(np.float32) for k, v in result.update_sum.items()
-            }
-            content[ARRAYS_KEY] = ArrayRecord({k: Array(v) for k, v in mean.items()})
+            if user_level:  # the sum of per-user clipped updates (weights are all 1 here)
+                metrics[USERS_SUMMED] = len(trained)
+                released = result.update_sum
+            else:
+                released = {k: v / result.weight_sum for k, v in result.update_sum.items()}
+            content[ARRAYS_KEY] = ArrayRecord(
+                {k: Array(np.asarray(v, dtype=np.float32)) for k, v in released.items()}
+            )
         content[METRICS_KEY] = MetricRecord(metrics)
         return Message(content=RecordDict(content), reply_to=msg)
 

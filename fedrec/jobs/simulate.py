@@ -176,6 +176,8 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
             num_clients=len(users),
             clients_per_round=fed.clients_per_round,
             rounds=fed.rounds,
+            # On the cohort engine the nodes Poisson-sample the users (fedrec.cohort.app).
+            sampling="cohort" if fed.engine == "cohort" else "server",
         )
     plan = ServerPlan(
         settings=settings,
@@ -196,11 +198,6 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
     if cfg.secure_aggregation.enabled:
         check_secure_aggregation(cfg, user_level_dp=user_level is not None)
     if fed.engine == "cohort":
-        if user_level is not None:
-            raise ValueError(
-                f"privacy.mode={cfg.privacy.mode} needs each user's clipped update at the "
-                "server: use federation.engine=per_user (the cohort engine sends node sums)"
-            )
         if cfg.faults.injects_client_faults:
             raise ValueError(
                 "faults.dropout_rate/straggler_rate act per user node: use "
@@ -215,6 +212,7 @@ def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, 
             eval_clients_per_round=eval_clients,
             sample_seed=sample_seed,
             chunk_size=fed.cohort_chunk,
+            poisson_sampling=int(user_level is not None),
         ).config()
     check_defense(cfg)
     plan.defense = cfg.defense

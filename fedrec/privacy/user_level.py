@@ -7,7 +7,12 @@ The mechanism, per round:
    This is the sampling Opacus' RDP and PRV accountants analyse.
 2. Each sampled device clips its whole item-side update Δ to L2 norm ``C``:
    ``Δ · min(1, C / ‖Δ‖)`` (:func:`clip_update`). The server clips again: that makes the bound
-   hold whatever a device sent, and is a no-op for an honest one.
+   hold whatever a device sent, and is a no-op for an honest one. On the simulation's cohort
+   engine a node plays many devices: it clips each of its users' updates the same way, sends
+   the **sum** of the clipped updates and how many it summed, and the server adds the sums as
+   they are (a node's sum is not one user's update, so clipping it to C would be wrong; the
+   server only checks ``‖sum‖ ≤ count · C``). Users are then Poisson-sampled on the nodes, from
+   a seed the server sends, the same way on every node (``sampling="cohort"``).
 3. The server adds ``N(0, (z·C)² I)`` to the **sum** of the clipped updates and divides by the
    **fixed** ``m = clients_per_round`` (= q·N, the expected number of sampled clients):
    ``(Σ clip(Δ_i) + ξ) / m`` (:func:`noisy_mean`). Adding or removing one user changes the sum
@@ -57,6 +62,53 @@ def clip_update(update: Update, clip_norm: float) -> dict[str, np.ndarray]:
     return {name: (np.asarray(v) * scale).astype(np.asarray(v).dtype) for name, v in update.items()}
 
 
+def clipped_sum(
+    updates: Sequence[Update], *, like: Update, clip_norm: float
+) -> dict[str, np.ndarray]:
+    """``Σ clip(Δ_i)`` in float64, shaped like ``like``: the sum the Gaussian noise is calibrated
+    to. A cohort node computes the same sum over its own users (``train_cohort``, with the same
+    :func:`clip_update`) and sends it; the server adds such sums as they are."""
+    total = {name: np.zeros(np.shape(v), dtype=np.float64) for name, v in like.items()}
+    for update in updates:
+        if set(update) != set(total):
+            raise ValueError(f"update arrays {sorted(update)}; expected {sorted(total)}")
+        for name, value in clip_update(update, clip_norm).items():
+            total[name] += value
+    return total
+
+
+def noisy_mean_of_sum(
+    total: Update,
+    *,
+    like: Update,
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_clients: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """The release: ``(total + N(0, (z·C)² I)) / expected_clients``, typed like ``like``.
+
+    ``total`` must be a sum of per-user updates each clipped to ``clip_norm`` (so one user moves
+    it by at most C); it is never clipped here. ``expected_clients`` is the fixed denominator
+    (see the module docstring). The noise is drawn whatever ``total`` holds, even nothing.
+    """
+    if expected_clients < 1:
+        raise ValueError(f"expected_clients={expected_clients}; expected >= 1")
+    if set(total) != set(like):
+        raise ValueError(f"sum arrays {sorted(total)}; expected {sorted(like)}")
+    std = noise_multiplier * clip_norm
+    released = {}
+    for name, reference in like.items():
+        value = np.asarray(total[name], dtype=np.float64)
+        if value.shape != np.shape(reference):
+            raise ValueError(
+                f"sum array {name}: shape {value.shape}, expected {np.shape(reference)}"
+            )
+        noisy = (value + rng.normal(0.0, std, value.shape)) / expected_clients
+        released[name] = noisy.astype(np.asarray(reference).dtype)
+    return released
+
+
 def noisy_mean(
     updates: Sequence[Update],
     *,
@@ -71,21 +123,17 @@ def noisy_mean(
     ``expected_clients`` is the fixed denominator (see the module docstring); ``updates`` may be
     empty, and the noise is drawn all the same.
     """
-    if expected_clients < 1:
-        raise ValueError(f"expected_clients={expected_clients}; expected >= 1")
-    total = {name: np.zeros(np.shape(v), dtype=np.float64) for name, v in like.items()}
-    for update in updates:
-        if set(update) != set(total):
-            raise ValueError(f"update arrays {sorted(update)}; expected {sorted(total)}")
-        for name, value in clip_update(update, clip_norm).items():
-            total[name] += value
-    std = noise_multiplier * clip_norm
-    return {
-        name: ((value + rng.normal(0.0, std, value.shape)) / expected_clients).astype(
-            np.asarray(like[name]).dtype
-        )
-        for name, value in total.items()
-    }
+    return noisy_mean_of_sum(
+        clipped_sum(updates, like=like, clip_norm=clip_norm),
+        like=like,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+        expected_clients=expected_clients,
+        rng=rng,
+    )
+
+
+USER_SAMPLING = ("server", "cohort")
 
 
 @dataclass(frozen=True)
@@ -99,6 +147,13 @@ class UserLevelPlan:
     rounds: int
     delta: float
     accountant: str = "rdp"
+    # Who draws the Poisson sample: "server" (it samples client nodes, one user each) or
+    # "cohort" (every cohort node draws each user with probability q from the shared seed).
+    sampling: str = "server"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in USER_SAMPLING:
+            raise ValueError(f"sampling='{self.sampling}'; accepted: {', '.join(USER_SAMPLING)}")
 
     def epsilon_after(self, rounds: int) -> float:
         """User-level ε at ``delta`` after ``rounds`` releases (one Poisson-sampled Gaussian step
@@ -120,6 +175,7 @@ def plan_user_level(
     num_clients: int,
     clients_per_round: int,
     rounds: int,
+    sampling: str = "server",
 ) -> UserLevelPlan:
     """Resolve the noise multiplier (solved from ``user_target_epsilon`` if asked) and check the
     budget for the whole run.
@@ -146,6 +202,7 @@ def plan_user_level(
         rounds=rounds,
         delta=privacy.delta,
         accountant=privacy.accountant,
+        sampling=sampling,
     )
     target = privacy.user_target_epsilon
     if target is not None:
@@ -165,7 +222,9 @@ __all__ = [
     "PrivacyAccountingError",
     "UserLevelPlan",
     "clip_update",
+    "clipped_sum",
     "noisy_mean",
+    "noisy_mean_of_sum",
     "plan_user_level",
     "update_norm",
 ]

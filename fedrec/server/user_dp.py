@@ -24,6 +24,13 @@ Why not Flower's ``DifferentialPrivacy{Server,Client}SideFixedClipping`` and
 Here the noisy mean of the clipped deltas is computed first and handed to the base strategy as
 the one update of the round, so FedAvg (``current + server_lr · mean``) and FedAdam/FedYogi
 (pseudo-gradient = mean) only post-process it.
+
+On the cohort engine (``plan.sampling == "cohort"``) every node is asked every round, the
+nodes Poisson-sample their users themselves, and each reply is a node's *sum* of per-user
+clipped updates (``users_summed``). The server adds those sums unclipped (a sum of k users may
+legitimately have norm up to k·C; clipping it to C would shrink every user in it) and releases
+through the same :func:`noisy_mean_of_sum` as the per-user path. A reply that is not such a sum,
+or whose norm exceeds its count · C, is rejected: its users count as zero, as a failed device.
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 
-from fedrec.client.messages import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES
-from fedrec.privacy.user_level import UserLevelPlan, noisy_mean
+from fedrec.client.messages import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES, USERS_SUMMED
+from fedrec.privacy.user_level import UserLevelPlan, clipped_sum, noisy_mean_of_sum, update_norm
 
 logger = logging.getLogger("fedrec.server")
 
@@ -82,7 +89,10 @@ class UserLevelDPMixin:
     ) -> Iterable[Message]:
         """Poisson sampling at rate q: a Binomial(N, q) count, then Flower's uniform sampler
         (FedAvg samples max(⌊N·fraction_train⌋, min_train_nodes) nodes without replacement).
-        The count may be 0; the round still releases noise."""
+        The count may be 0; the round still releases noise. On the cohort engine every node is
+        asked (``num_clients`` are then the nodes) and the nodes sample the users."""
+        if self.user_level.sampling == "cohort":
+            return super().configure_train(server_round, arrays, config, grid)
         count = int(self.rng.binomial(self.num_clients, self.user_level.sample_rate))
         self.fraction_train = count / self.num_clients
         self.min_train_nodes = count
@@ -96,12 +106,17 @@ class UserLevelDPMixin:
         """
         plan = self.user_level
         epsilon = plan.epsilon_after(self.releases + 1)
-        deltas = [
+        arrays = [
             {name: array.numpy() for name, array in reply.content[ARRAYS_KEY].items()}
             for reply in accepted
         ]
-        mean = noisy_mean(
-            deltas,
+        if plan.sampling == "cohort":
+            total, users = self._sum_of_node_sums(server_round, accepted, arrays)
+        else:
+            total = clipped_sum(arrays, like=self.global_arrays, clip_norm=plan.clip_norm)
+            users = len(arrays)
+        mean = noisy_mean_of_sum(
+            total,
             like=self.global_arrays,
             clip_norm=plan.clip_norm,
             noise_multiplier=plan.noise_multiplier,
@@ -114,7 +129,7 @@ class UserLevelDPMixin:
             "round %d: user-level DP release of %d clipped updates / %d, noise std %.4g on the "
             "sum; user-level ε %.4g (δ=%g)",
             server_round,
-            len(deltas),
+            users,
             plan.expected_clients,
             plan.noise_multiplier * plan.clip_norm,
             epsilon,
@@ -131,3 +146,36 @@ class UserLevelDPMixin:
             message_type=MessageType.TRAIN,
         )
         return super().aggregate_updates(server_round, [release])
+
+    def _sum_of_node_sums(
+        self, server_round: int, accepted: list[Message], arrays: list[dict[str, np.ndarray]]
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Σ over cohort nodes of their sums of per-user clipped updates, and the users in it.
+
+        Never clipped: each user in a node's sum was clipped on the node. A reply that claims
+        no count, or whose norm exceeds count · C (impossible for an honest node, by the triangle
+        inequality), is dropped and its users counted as rejected."""
+        clip_norm = self.user_level.clip_norm
+        total = {
+            name: np.zeros(v.shape, dtype=np.float64) for name, v in self.global_arrays.items()
+        }
+        users = 0
+        for reply, update in zip(accepted, arrays, strict=True):
+            count = int(reply.content[METRICS_KEY].get(USERS_SUMMED, 0))
+            norm = update_norm(update)
+            if count < 1 or norm > count * clip_norm * (1 + 1e-5):
+                self.record.rejected += max(count, 1)
+                self.record.accepted -= count
+                logger.warning(
+                    "round %d: rejected node %d's reply: norm %.4g for %d summed users (C=%g)",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    norm,
+                    count,
+                    clip_norm,
+                )
+                continue
+            for name in total:
+                total[name] += update[name]
+            users += count
+        return total, users
