@@ -1,5 +1,6 @@
 """Poisoning on a tiny real federation: boosting raises the target's exposure without a
-defense, norm bounding lowers it and the default trimmed mean removes it; the robust rules are Flower's; every config composes."""
+defense, norm bounding lowers it and the default trimmed mean removes it; the robust rules are
+Flower's; every config composes."""
 
 from __future__ import annotations
 
