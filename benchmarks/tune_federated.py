@@ -13,7 +13,8 @@ num_negatives), plus
   multiplier), ``clip`` (DP-SGD's clipping norm, default 1.0), ``target_eps`` (each device
   solves its own σ so that ``rounds`` rounds stay within it, as ``privacy=budget`` does;
   implies DP), ``refit`` (evaluation-time refit epochs), ``refit_lr``, ``refit_zero`` (True:
-  the refit starts from a zero user embedding instead of the kept one);
+  the refit starts from a zero user embedding instead of the kept one), ``seed`` (initial
+  table, client sampling and every device's generator; default 0);
 - ``every`` (evaluate every that many rounds; always at the last), ``val`` (True: score on a
   validation split carving each user's latest training item, ``make_split(split.train,
   "leave_one_out", seed=0)``, for choosing without looking at the test items).
@@ -53,6 +54,7 @@ def main(kw: dict) -> None:
     server, tau = kw.pop("server", "avg"), kw.pop("tau", 1e-3)
     clip, target_eps = kw.pop("clip", 1.0), kw.pop("target_eps", None)
     refit_lr, refit_zero = kw.pop("refit_lr", 0.05), kw.pop("refit_zero", False)
+    seed = kw.pop("seed", 0)
     if decay not in (None, "cosine", "cosine-server", "cosine-local"):
         raise ValueError(f"decay={decay!r}")
     split = load_split(DatasetSpec(name="movielens_100k"))
@@ -75,9 +77,9 @@ def main(kw: dict) -> None:
         privacy = PrivacySpec(mode="record", noise_multiplier=noise, max_grad_norm=clip)
     else:
         privacy = PrivacySpec()
-    items = random_item_arrays(split.train.num_items, dim, init_std=std, seed=0)
+    items = random_item_arrays(split.train.num_items, dim, init_std=std, seed=seed)
     states = [DeviceState() for _ in users]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     moments: dict = {}
     start = time.time()
     for r in range(1, rounds + 1):
@@ -88,7 +90,10 @@ def main(kw: dict) -> None:
         chosen = rng.choice(len(users), int(frac * len(users)), replace=False)
         result = train_cohort(
             items,
-            [CohortMember(int(p), datas[p], states[p], int(r * 10000 + p)) for p in chosen],
+            [
+                CohortMember(int(p), datas[p], states[p], int(seed * 10**7 + r * 10000 + p))
+                for p in chosen
+            ],
             model_spec=model_spec,
             training=training,
             privacy=privacy,

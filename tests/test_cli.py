@@ -134,8 +134,6 @@ def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     assert "| user | user-level (server) | 2 |" in table
     assert "| none | none (no DP) | inf |" in table
     assert "ndcg@10 / no DP" in table.splitlines()[0]
-    none_row = next(line for line in table.splitlines() if line.startswith("| none"))
-    assert "| 1.00 |" in none_row  # the baseline of the ratio column is the non-private run
     assert (tmp_path / "pareto.png").stat().st_size > 5000
 
 
@@ -159,3 +157,28 @@ def test_sweep_gives_each_mode_its_own_recipe_and_the_budget_last():
     ]
     with pytest.raises(ValueError, match="mode_overrides names \\['recrod'\\]"):
         SweepJobConfig(mode_overrides={"recrod": []})
+
+
+def test_sweep_table_gives_the_first_metric_as_a_ratio_of_the_non_private_run():
+    from fedrec.jobs.sweep import markdown
+
+    def entry(mode: str, eps: float, ndcg: float) -> dict:
+        return {
+            "mode": mode,
+            "guarantee": mode,
+            "target_epsilon": eps,
+            "seeds": 1,
+            "ndcg@10_mean": ndcg,
+            "ndcg@10_std": 0.0,
+            "epsilon_spent_mean": 0.0 if mode == "none" else eps,
+            "wall_time_s_mean": 1.0,
+        }
+
+    rows = markdown([entry("none", math.inf, 0.04), entry("record", 8, 0.03)], ["ndcg@10"])
+    lines = rows.splitlines()
+    assert lines[0].split(" | ")[5] == "ndcg@10 / no DP"
+    assert lines[2].split(" | ")[5] == "1.00" and lines[3].split(" | ")[5] == "0.75"
+    # no usable baseline (no ε = ∞ run, or it scored 0): no ratio rather than a division by 0
+    assert markdown([entry("record", 8, 0.03)], ["ndcg@10"]).splitlines()[2].split(" | ")[5] == "–"
+    zero = markdown([entry("none", math.inf, 0.0), entry("record", 8, 0.0)], ["ndcg@10"])
+    assert zero.splitlines()[3].split(" | ")[5] == "–"
