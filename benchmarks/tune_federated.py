@@ -14,7 +14,8 @@ num_negatives), plus
   solves its own σ so that ``rounds`` rounds stay within it, as ``privacy=budget`` does;
   implies DP), ``refit`` (evaluation-time refit epochs), ``refit_lr``, ``refit_zero`` (True:
   the refit starts from a zero user embedding instead of the kept one), ``seed`` (initial
-  table, client sampling and every device's generator; default 0);
+  table, client sampling and every device's generator; default 0), ``emb_scale`` (the server
+  step on the item embeddings as a share of the one on the biases; default 1);
 - ``every`` (evaluate every that many rounds; always at the last), ``val`` (True: score on a
   validation split carving each user's latest training item, ``make_split(split.train,
   "leave_one_out", seed=0)``, for choosing without looking at the test items).
@@ -54,7 +55,7 @@ def main(kw: dict) -> None:
     server, tau = kw.pop("server", "avg"), kw.pop("tau", 1e-3)
     clip, target_eps = kw.pop("clip", 1.0), kw.pop("target_eps", None)
     refit_lr, refit_zero = kw.pop("refit_lr", 0.05), kw.pop("refit_zero", False)
-    seed = kw.pop("seed", 0)
+    seed, emb_scale = kw.pop("seed", 0), kw.pop("emb_scale", 1.0)
     if decay not in (None, "cosine", "cosine-server", "cosine-local"):
         raise ValueError(f"decay={decay!r}")
     split = load_split(DatasetSpec(name="movielens_100k"))
@@ -113,7 +114,11 @@ def main(kw: dict) -> None:
                 v[:] = 0.99 * v + 0.01 * mean[k] ** 2
                 items[k] = items[k] + eta * m / (np.sqrt(v) + tau)
         else:
-            items = {k: items[k] + server_lr * server_scale * mean[k] for k in items}
+            items = {
+                k: items[k]
+                + server_lr * server_scale * (1.0 if "bias" in k else emb_scale) * mean[k]
+                for k in items
+            }
         if r % every == 0 or r == rounds:
             spec = LocalEvalSpec(refit_epochs=refit, refit_lr=refit_lr)
             metrics = average_over_users(
