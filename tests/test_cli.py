@@ -37,6 +37,24 @@ def test_every_config_composes_into_the_typed_schema(command, override):
     assert cfg.dataset.name and cfg.model.embedding_dim >= 1
 
 
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (config_dir() / "sweep_preset").glob("*.yaml"))
+)
+def test_every_sweep_preset_composes_and_every_point_is_a_valid_federation(preset):
+    from fedrec.jobs.sweep import run_points
+
+    sweep = compose("sweep", [f"+sweep_preset={preset}"])
+    points = run_points(sweep)
+    assert {mode for mode, *_ in points} == {"none", *sweep.modes}
+    for mode, eps, seed, overrides in points:
+        cfg = compose("simulate", [*sweep.simulate_overrides, *overrides, f"seed={seed}"])
+        assert cfg.privacy.mode == mode
+        if mode == "record":
+            assert cfg.privacy.target_epsilon == eps and cfg.privacy.solve_noise_multiplier
+        if mode == "user":
+            assert cfg.privacy.user_target_epsilon == eps
+
+
 def test_a_typo_in_a_key_is_an_error():
     with pytest.raises(Exception, match="trainig|Could not override|not in"):
         compose("train", ["training.lr_rate=0.1"])
