@@ -9,72 +9,16 @@ and stopped by its id (its ``flwr-clientapp`` children with it), whatever happen
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 
 from fedrec.client import FedrecClient
+from fedrec.loopback import Processes, free_port, loopback_env, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 NUM_ITEMS = 400  # the synthetic "small" preset the ServerApp's config names
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-class Processes:
-    def __init__(self, logs: Path, env: dict[str, str]) -> None:
-        self.logs, self.env, self.started = logs, env, []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.started.append(process)
-        return process
-
-    @staticmethod
-    def kill(process: subprocess.Popen) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            if process.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        for process in reversed(self.started):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill(process)
 
 
 def _make_store(path: Path, first_item: int) -> int:
@@ -109,22 +53,12 @@ def run_deployment(folder: Path, *, nodes: int, rounds: int, per_round: int, tim
     home, logs = folder / "flwr_home", folder / "logs"
     home.mkdir(parents=True)
     logs.mkdir()
-    port = _free_port()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = os.environ | {
-        # flower-superexec / flwr-clientapp are started by name: the venv's bin goes on PATH.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
+    port = free_port()
+    env = loopback_env(home, port)
     stores = [folder / f"user{n}.sqlite" for n in range(nodes)]
     interactions_before = [_make_store(path, 30 * n) for n, path in enumerate(stores)]
     run_dir = folder / "run"
-    processes = Processes(logs, env)
+    processes = Processes(logs, env, REPO)
 
     def supernode(n: int) -> subprocess.Popen:
         return processes.start(
@@ -136,7 +70,7 @@ def run_deployment(folder: Path, *, nodes: int, rounds: int, per_round: int, tim
             "--host",
             "127.0.0.1",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--node-config",
             f'store="{stores[n]}" holdout-latest=1',
         )
@@ -154,7 +88,7 @@ def run_deployment(folder: Path, *, nodes: int, rounds: int, per_round: int, tim
             "--port",
             str(port),
         )
-        _wait_for_port(port)
+        wait_for_port(port, timeout_s=60)
         supernodes = [supernode(n) for n in range(nodes)]
         overrides = (
             f"privacy=record federation.num_clients={nodes} "

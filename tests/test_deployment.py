@@ -12,13 +12,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import ipaddress
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,30 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedrec.client import FedrecClient
+from fedrec.loopback import BIN, Processes, free_port, loopback_env, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 NUM_ITEMS = 400  # the synthetic "small" preset the ServerApp's config names
 DIM = 8
 RUN_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
 def _pem(key) -> bytes:
@@ -123,44 +100,6 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
-class Processes:
-    """Every process this test starts, each in its own process group, stopped by PID."""
-
-    def __init__(self, logs: Path, env: dict[str, str]) -> None:
-        self.logs, self.env, self.started = logs, env, []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: its flwr-clientapp children stop with it
-        )
-        self.started.append((name, process))
-        return process
-
-    def stop_all(self) -> None:
-        for _, process in reversed(self.started):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process in reversed(self.started):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-
-    def tail(self, lines: int = 30) -> str:
-        out = []
-        for name, _ in self.started:
-            text = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
-            out.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
-        return "\n".join(out)
-
-
 def make_store(path: Path, *, consent: bool, first_item: int) -> list[tuple]:
     """A user with 12 interactions in three categories; returns their rows."""
     with FedrecClient.open(path, num_items=NUM_ITEMS) as client:
@@ -183,20 +122,8 @@ def test_deployment_with_tls_and_node_auth_trains_from_stores(tmp_path):
     for folder in (home, logs, keys):
         folder.mkdir()
     ca, cert, key = make_tls_files(keys)
-    port = _free_port()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca}"\n'
-    )
-    env = {
-        **os.environ,
-        # The SuperLink and SuperNodes start flower-superexec / flwr-clientapp by name: the
-        # venv's bin must be on PATH even when pytest runs as .venv/bin/python unactivated.
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
+    port = free_port()
+    env = loopback_env(home, port, root_certificates=ca)
     stores = {
         "alice": (tmp_path / "alice.sqlite", True, 0),
         "carol": (tmp_path / "carol.sqlite", False, 200),  # never opted in
@@ -206,7 +133,7 @@ def test_deployment_with_tls_and_node_auth_trains_from_stores(tmp_path):
         for name, (path, consent, first) in stores.items()
     }
     run_dir = tmp_path / "run"
-    processes = Processes(logs, env)
+    processes = Processes(logs, env, REPO)
     try:
         superlink = processes.start(
             "superlink",
@@ -224,7 +151,7 @@ def test_deployment_with_tls_and_node_auth_trains_from_stores(tmp_path):
             "--port",
             str(port),
         )
-        _wait_for_port(port, superlink)
+        wait_for_port(port, superlink)
         for name in stores:
             private, public = make_node_key(keys, name)
             registered = subprocess.run(
@@ -249,7 +176,7 @@ def test_deployment_with_tls_and_node_auth_trains_from_stores(tmp_path):
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(_free_port()),
+                str(free_port()),
                 "--node-config",
                 f'store="{path}" holdout-latest=1',
             )
