@@ -20,6 +20,7 @@ from opacus.accountants import RDPAccountant
 from fedrec.cli import compose
 from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedrec.jobs.simulate import prepare_federation, run_simulate
+from fedrec.server.strategy import server_lr_factor
 
 ALLOWED_TRAIN_METRICS = {"num-examples", "train_loss", "epsilon", "local_steps"}
 
@@ -42,6 +43,7 @@ class MessageAudit:
             "partition": partition,
             "type": msg.metadata.message_type,
             "round": int(msg.content[CONFIG_KEY]["server-round"]),
+            "lr": float(msg.content[CONFIG_KEY]["training.lr"]),
             "error": reply.has_error(),
         }
         if not reply.has_error():
@@ -159,6 +161,7 @@ def private_run(tmp_path_factory):
         "federation.eval_clients_per_round=0",
         "federation.local.batch_size=16",
         "federation.ray_cpus=2",
+        "strategy.local_lr_schedule=cosine",
     ]
     cfg = compose("simulate", overrides)
     audit = run_dir / "audit.jsonl"
@@ -190,6 +193,16 @@ def test_per_client_epsilon_grows_and_matches_opacus(private_run):
             assert entry["metrics"]["epsilon"] == pytest.approx(expected, rel=1e-9)
             epsilons.append(entry["metrics"]["epsilon"])
         assert epsilons[0] < epsilons[1] < epsilons[2]
+
+
+def test_devices_train_at_the_scheduled_local_rate(private_run):
+    cfg, _, _, audit = private_run
+    base = cfg.federation.local.lr
+    train = [e for e in audit if e["type"] == "train"]
+    assert {e["round"] for e in train} == {1, 2, 3}
+    for entry in train:
+        factor = server_lr_factor("cosine", entry["round"], 3)  # 1, 0.75, 0.25
+        assert entry["lr"] == pytest.approx(base * factor, rel=1e-6)
 
 
 def test_malformed_updates_are_dropped_and_rounds_complete(private_run):

@@ -24,7 +24,13 @@ from fedrec.model.mf import random_item_arrays
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.server.checkpoint import ServerCheckpoint, capture, restore, save_checkpoint
 from fedrec.server.defenses import DefenseSpec
-from fedrec.server.strategy import RoundCallback, RoundRecord, StrategySpec, make_strategy
+from fedrec.server.strategy import (
+    RoundCallback,
+    RoundRecord,
+    StrategySpec,
+    config_for_round,
+    make_strategy,
+)
 
 logger = logging.getLogger("fedrec.server")
 
@@ -128,11 +134,11 @@ def run_federation(
     )
     sent_config = round_config(plan.settings) | plan.extra_config
 
-    def config() -> ConfigRecord:
+    def config(server_round: int) -> ConfigRecord:
         # A new record for every request: Flower's strategies write "server-round" into the
         # record they are given, and in simulation a message still queued (behind a straggler)
         # holds that record by reference, so reusing one would relabel it with a later round.
-        return ConfigRecord(dict(sent_config))
+        return ConfigRecord(config_for_round(sent_config, plan.strategy, server_round, plan.rounds))
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         if plan.checkpoint_path is not None:
@@ -151,14 +157,14 @@ def run_federation(
         if plan.eval_clients_per_round:
             # Round 0: the untrained model, scored the same way, as the baseline of the run.
             replies = grid.send_and_receive(
-                strategy.configure_evaluate(0, arrays, config(), grid),
+                strategy.configure_evaluate(0, arrays, config(0), grid),
                 timeout=plan.timeout_s,
             )
             strategy.aggregate_evaluate(0, replies)
         checkpoint(0, arrays)
     for server_round in range(first_round, plan.rounds + 1):
         replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, config(), grid),
+            strategy.configure_train(server_round, arrays, config(server_round), grid),
             timeout=plan.timeout_s,
         )
         if server_round == plan.crash_after_replies_of_round:
@@ -168,7 +174,7 @@ def run_federation(
         if updated is not None:
             arrays = updated
         replies = grid.send_and_receive(
-            strategy.configure_evaluate(server_round, arrays, config(), grid),
+            strategy.configure_evaluate(server_round, arrays, config(server_round), grid),
             timeout=plan.timeout_s,
         )
         strategy.aggregate_evaluate(server_round, replies)

@@ -6,11 +6,12 @@ a ``LegacyContext`` and calls a legacy ``flwr.server.strategy`` strategy
 (``configure_fit``/``aggregate_fit`` with ``FitRes``); the new ``flwr.serverapp.strategy``
 strategies fail inside it (../shared/STACK.md). So this module has its
 own small legacy strategy, :class:`SecAggDeltaFedAvg`, that applies fedrec's server rule
-(``items += server_lr · mean delta``, with ``strategy.server_lr_schedule``) to the unmasked mean,
-and reports rounds through the same :class:`~fedrec.server.strategy.RoundRecord` callback as the
-plain path, so ``metrics.csv``/``summary.json`` keep their shape. Legacy pieces used, all forced
-by the workflow: ``LegacyContext``, ``ServerConfig``, ``DefaultWorkflow``, the legacy ``FedAvg``
-base and ``Parameters``/``FitRes``/``EvaluateRes``. Nothing deprecated is used where a current
+(``items += server_lr · mean delta``, with ``strategy.server_lr_schedule``; the local rate sent
+follows ``strategy.local_lr_schedule``) to the unmasked mean, and reports rounds through the same
+:class:`~fedrec.server.strategy.RoundRecord` callback as the plain path, so
+``metrics.csv``/``summary.json`` keep their shape. Legacy pieces used, all forced by the
+workflow: ``LegacyContext``, ``ServerConfig``, ``DefaultWorkflow``, the legacy ``FedAvg`` base
+and ``Parameters``/``FitRes``/``EvaluateRes``. Nothing deprecated is used where a current
 piece exists (the app is a ``ServerApp`` with ``@app.main()``, not ``ServerApp(strategy=...)``).
 
 What the server sees per device: masked integers (uniform modulo ``modulus_range``) and the scalar
@@ -56,7 +57,13 @@ from fedrec.client.messages import BUDGET_EXHAUSTED, DECLINED, NUM_EXAMPLES, ROU
 from fedrec.client.messages import round_config as flat_round_config
 from fedrec.client.secagg_app import ARRAY_NAMES_KEY, CLIPPED_VALUES
 from fedrec.eval.metrics import average_over_users
-from fedrec.server.strategy import RoundCallback, RoundRecord, server_lr_factor
+from fedrec.server.strategy import (
+    RoundCallback,
+    RoundRecord,
+    StrategySpec,
+    config_for_round,
+    server_lr_factor,
+)
 
 logger = logging.getLogger("fedrec.server")
 
@@ -163,8 +170,7 @@ class SecAggDeltaFedAvg(LegacyFedAvg):
         *,
         initial_arrays: dict[str, np.ndarray],
         sent_config: dict,
-        server_lr: float,
-        server_lr_schedule: str,
+        strategy_spec: StrategySpec,
         rounds: int,
         clients_per_round: int,
         eval_clients_per_round: int,
@@ -177,7 +183,8 @@ class SecAggDeltaFedAvg(LegacyFedAvg):
         names = ",".join(self.global_arrays)
 
         def config(server_round: int) -> dict:
-            return {**sent_config, "server-round": server_round, ARRAY_NAMES_KEY: names}
+            this_round = config_for_round(sent_config, strategy_spec, server_round, rounds)
+            return {**this_round, "server-round": server_round, ARRAY_NAMES_KEY: names}
 
         super().__init__(
             fraction_fit=clients_per_round / num_clients,
@@ -189,7 +196,8 @@ class SecAggDeltaFedAvg(LegacyFedAvg):
             on_evaluate_config_fn=config,
             accept_failures=True,
         )
-        self.server_lr, self.server_lr_schedule = server_lr, server_lr_schedule
+        self.server_lr = strategy_spec.server_lr
+        self.server_lr_schedule = strategy_spec.server_lr_schedule
         self.rounds, self.eval_every_rounds = rounds, max(1, eval_every_rounds)
         self.min_replies, self.on_round = min_replies, on_round
         self.epsilon_by_node: dict[int, float] = {}
@@ -337,8 +345,7 @@ def run_secagg_federation(
     strategy = SecAggDeltaFedAvg(
         initial_arrays=initial_item_arrays(plan),
         sent_config=flat_round_config(plan.settings),
-        server_lr=plan.strategy.server_lr,
-        server_lr_schedule=plan.strategy.server_lr_schedule,
+        strategy_spec=plan.strategy,
         rounds=plan.rounds,
         clients_per_round=plan.clients_per_round,
         eval_clients_per_round=plan.eval_clients_per_round,

@@ -61,6 +61,10 @@ class StrategySpec:
     # cosine: round r of R uses server_lr · ½(1 + cos(π(r − 1)/R)), landing the item table on a
     # minimum instead of wherever a constant step leaves it (as training.lr_schedule does).
     server_lr_schedule: str = "constant"
+    # The same schedule for the local learning rate the server sends each round
+    # (federation.local.lr): late rounds then only fine-tune the users' own embeddings, which
+    # the devices otherwise keep moving at full rate right up to the final evaluation.
+    local_lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         STRATEGIES.get(self.name)
@@ -71,16 +75,32 @@ class StrategySpec:
                 f"strategy.server_lr_schedule='{self.server_lr_schedule}'; accepted: "
                 f"{', '.join(SERVER_LR_SCHEDULES)}"
             )
+        if self.local_lr_schedule not in SERVER_LR_SCHEDULES:
+            raise ValueError(
+                f"strategy.local_lr_schedule='{self.local_lr_schedule}'; accepted: "
+                f"{', '.join(SERVER_LR_SCHEDULES)}"
+            )
 
 
 SERVER_LR_SCHEDULES = ("constant", "cosine")
 
 
 def server_lr_factor(schedule: str, server_round: int, rounds: int) -> float:
-    """The factor on the server learning rate in ``server_round`` (1-based) of ``rounds``."""
+    """The factor on a learning rate in ``server_round`` (1-based) of ``rounds``; positive in
+    every round (the last one's cosine factor is small, not zero)."""
     if schedule == "cosine" and rounds > 0:
         return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
     return 1.0
+
+
+def config_for_round(sent_config: dict, spec: StrategySpec, server_round: int, rounds: int) -> dict:
+    """A copy of the flat round config with this round's local learning rate
+    (``strategy.local_lr_schedule``); round 0 (the baseline evaluation) keeps the base rate."""
+    config = dict(sent_config)
+    if server_round >= 1 and "training.lr" in config:
+        factor = server_lr_factor(spec.local_lr_schedule, server_round, rounds)
+        config["training.lr"] = float(config["training.lr"]) * factor
+    return config
 
 
 @dataclass
