@@ -198,3 +198,25 @@ def test_round_with_a_dropout_below_threshold_completes(runs):
         mean = np.mean([deltas[p][name] for p in survivors], axis=0)
         expected = initial[name] + SERVER_LR * mean
         assert np.abs(value - expected).max() <= SERVER_LR * 2 * CLIP / LEVELS + 1e-6, name
+
+
+def test_a_round_in_which_every_device_sits_out_is_skipped(tmp_path):
+    # Each device solves σ for one planned round, so in round 2 every device is at its budget
+    # and takes part with a zero update of weight 0: the secure sum's total weight is 0.
+    overrides = [
+        *BASE,
+        *SECAGG,
+        "dataset=ml100k",
+        "federation.rounds=2",
+        "faults.dropout_rate=0.0",
+        "privacy=budget",
+        "privacy.target_epsilon=4",
+        "privacy.planned_rounds=1",
+    ]
+    run_simulate(compose("simulate", overrides), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["updates"]["accepted"] == USERS
+    assert summary["updates"]["budget_exhausted"] == USERS
+    assert summary["faults"]["rounds_skipped"] == 1
+    table = dict(np.load(tmp_path / "item_table.npz"))
+    assert all(np.isfinite(value).all() for value in table.values())
