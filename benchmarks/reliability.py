@@ -26,11 +26,9 @@ import math
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +42,7 @@ from fedrec.cli import compose  # noqa: E402
 from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY  # noqa: E402
 from fedrec.client.state_store import DeviceStateStore  # noqa: E402
 from fedrec.jobs.simulate import STATE_STORE_FILE, prepare_federation, run_simulate  # noqa: E402
+from fedrec.loopback import run_fedrec_cli  # noqa: E402
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -180,24 +179,10 @@ def in_process(name: str, overrides: list[str], folder: Path, mods=()) -> dict:
 
 def crash_and_resume(overrides: list[str], folder: Path, crash_round: int, clean: dict) -> dict:
     run_dir = folder / "crash"
-    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
     def cli(args: list[str], log: str) -> tuple[int, float]:
         started = time.perf_counter()
-        with open(folder / log, "w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "fedrec.cli", "simulate", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-            try:
-                code = process.wait(timeout=1200)
-            finally:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)  # Ray's leftovers in its session
-                process.wait()
+        code = run_fedrec_cli(["simulate", *args], folder / log, timeout_s=1200)
         return code, time.perf_counter() - started
 
     code, first = cli(

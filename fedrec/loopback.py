@@ -1,7 +1,8 @@
 """A real Flower deployment on 127.0.0.1: ports, the ``flwr`` connection, and the processes.
 
 The deployment test and the reliability benchmark both start a SuperLink, SuperNodes and
-``flwr run`` as separate processes. Each process gets its own session (process group), so its
+``flwr run`` as separate processes; the resume test and benchmark run ``fedrec simulate`` as one
+(:func:`run_fedrec_cli`). Each process gets its own session (process group), so its
 ``flwr-clientapp`` / ``flower-superexec`` children stop with it, and every one is stopped by its
 id whatever happens. Nothing here binds anything but the loopback interface.
 """
@@ -112,3 +113,24 @@ class Processes:
             text = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
             out.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
         return "\n".join(out)
+
+
+def run_fedrec_cli(args: list[str], log: Path, *, timeout_s: float) -> int:
+    """``python -m fedrec.cli ARGS`` in its own session, output to ``log``; its exit code
+    (negative: the signal that ended it). Whatever it leaves behind in that session (Ray's workers
+    outlive a SIGKILLed driver) is killed by the session's id, whatever happens."""
+    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedrec.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            return process.wait(timeout=timeout_s)
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

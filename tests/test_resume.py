@@ -10,13 +10,9 @@ that the server optimizer's moments must be restored too.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,7 @@ import pytest
 from fedrec.cli import compose
 from fedrec.client.state_store import DeviceStateStore
 from fedrec.jobs.simulate import STATE_STORE_FILE, run_simulate
+from fedrec.loopback import run_fedrec_cli
 from fedrec.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 ROUNDS, CRASH_ROUND = 4, 3
@@ -38,26 +35,10 @@ FEDERATION = [
     "federation.eval_clients_per_round=0",
     "federation.ray_cpus=2",
 ]
-ENV = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 def fedrec_simulate(args: list[str], log: Path, timeout_s: float = 240) -> int:
-    """``python -m fedrec.cli simulate ...`` in its own session; whatever it leaves behind in
-    that session (Ray's workers outlive a SIGKILLed driver) is killed by the session's id."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fedrec.cli", "simulate", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-            start_new_session=True,
-        )
-        try:
-            return process.wait(timeout=timeout_s)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    return run_fedrec_cli(["simulate", *args], log, timeout_s=timeout_s)
 
 
 def rounds_in(run_dir: Path) -> list[int]:
