@@ -8,7 +8,8 @@ num_negatives), plus
 - ``rounds``, ``frac`` (share of clients sampled per round), ``server_lr`` (the server applies
   ``items += server_lr * mean(client deltas)``: FedAvg with a server learning rate);
 - ``decay``: None, or "cosine" / "cosine-server" / "cosine-local": in round r (1..R) scale
-  both (or only the server / only the local) learning rate by ``0.5 * (1 + cos(pi*(r-1)/R))``;
+  both (or only the server / only the local) learning rate by ``0.5 * (1 + cos(pi*(r-1)/R))``,
+  as ``strategy.server_lr_schedule`` / ``strategy.local_lr_schedule`` do in a federation;
 - ``dim``, ``std`` (initial embedding std), ``noise`` (None = no DP, else DP-SGD's noise
   multiplier), ``clip`` (DP-SGD's clipping norm, default 1.0), ``target_eps`` (each device
   solves its own σ so that ``rounds`` rounds stay within it, as ``privacy=budget`` does;
