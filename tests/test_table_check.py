@@ -1,6 +1,7 @@
 """The device-side check of the item table a server sends: honest tables pass even under heavy
 DP noise, crafted ones are refused with a reason, on every device path (the ClientApp's
-``train_reply``, a store-backed node, the embedded ``FedrecClient``) before anything trains."""
+``train_reply``, a store-backed node, the embedded ``FedrecClient``, a cohort node's simulated
+devices) before anything trains."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fedrec.client.app import train_from_store, train_reply
 from fedrec.client.data_source import SplitUserSource
 from fedrec.client.messages import ROUND_REFUSED, RoundRefused, round_config
 from fedrec.client.table_check import ImplausibleTable, check_item_table
+from fedrec.cohort.app import CohortPlan, cohort_train_reply, load_cohort_states
 from fedrec.data import DatasetSpec, load_split
 from fedrec.model.mf import MatrixFactorization, ModelSpec
 from fedrec.privacy.dp_sgd import PrivacySpec
@@ -109,3 +111,29 @@ def test_client_app_refuses_a_crafted_table_and_trains_on_an_honest_one():
     assert update is None and metrics == {"num-examples": 0, ROUND_REFUSED: 1}
     update, metrics = train_reply(config, table, context, source)
     assert update is not None and metrics["epsilon"] > 0
+
+
+def test_cohort_node_refuses_a_crafted_table_for_all_its_users():
+    split = load_split(DatasetSpec())  # the synthetic small preset: 200 users × 400 items
+    source = SplitUserSource(split, np.arange(split.train.num_users))
+    settings = _settings(DIM)
+    plan = CohortPlan(num_clients=8, clients_per_round=8, eval_clients_per_round=0, sample_seed=0)
+    context = Context(0, 1, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {})
+    config = round_config(settings) | plan.config()
+
+    def reply(table):
+        return cohort_train_reply(plan, settings, table, config, context, source)
+
+    released, metrics = reply(bias_silencing_table(honest_table()))
+    assert released is None
+    assert (metrics["users_sampled"], metrics["users_refused"], metrics["users_trained"]) == (
+        4,
+        4,
+        0,
+    )
+    assert (
+        metrics["epsilon_users"] == [] and load_cohort_states(context.state) == {}
+    )  # nothing spent
+    released, metrics = reply(honest_table())
+    assert released is not None and (metrics["users_trained"], metrics["users_refused"]) == (4, 0)
+    assert len(load_cohort_states(context.state)) == 4 and min(metrics["epsilon_values"]) > 0

@@ -18,6 +18,7 @@ clipped to ``user_clip_norm`` by the device's own :func:`clip_update`, and the c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,16 +37,23 @@ from fedrec.client.messages import (
     NUM_EXAMPLES,
     USERS_SUMMED,
     RoundRefused,
+    RoundSettings,
+    check_received_arrays,
     parse_round_config,
     user_seed,
 )
 from fedrec.client.state_store import DeviceStateStore, request_digest
+from fedrec.client.table_check import check_item_table
 from fedrec.client.trainer import DeviceState, evaluate_user
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
 
+logger = logging.getLogger("fedrec.client")
+
 PREFIX = "cohort."
 USERS_RECORD, LEDGER_RECORD, LEDGER_SETTINGS = "cohort.users", "cohort.ledger", "cohort.privacy"
-OUTCOMES = ("trained", "rejected", "failed", "budget_exhausted")
+# What became of each user a node was asked for; "refused": the node's devices refused the
+# received table (as train_reply does on the per-user path), so none of them trained on it.
+OUTCOMES = ("trained", "rejected", "failed", "budget_exhausted", "refused")
 _LEDGER_COLUMNS = ("user", "server_round", "noise_multiplier", "sample_rate", "steps", "epsilon")
 
 
@@ -121,6 +129,103 @@ def _stored_states(state_store: str, keys: list[int], server_round: int, request
         return {key: store.load(key, server_round, request=request) for key in keys}
 
 
+def cohort_train_reply(
+    plan: CohortPlan,
+    settings: RoundSettings,
+    arrays: dict[str, np.ndarray],
+    config: dict[str, Any],
+    context: Context,
+    source: SplitUserSource,
+    state_store: str | None = None,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+    """A cohort node's answer to one training request, as plain values: the released arrays
+    (the mean of its users' updates, or their clipped sum under user-level DP; None if no one
+    trained) and the metrics. Before any user trains, the node runs the checks every device
+    runs in :func:`fedrec.client.app.train_reply` (names, shapes, dtypes, finiteness, then the
+    table's plausibility); a refused table is refused by all of the node's users of the round.
+    """
+    user_level = settings.privacy.user_level
+    if user_level and (not plan.poisson_sampling or settings.weight_by_examples):
+        # Fail closed: the server's accountant assumes Poisson-sampled, equally weighted users.
+        raise RoundRefused(
+            "user-level DP on cohort nodes needs Poisson sampling of users and uniform weights"
+        )
+    chosen = [
+        (index, *source.local_data({"partition-id": index}))
+        for index in _members_of(plan, settings.server_round, context, evaluation=False)
+    ]
+    if chosen:
+        try:  # every user of the round receives the same table: one check answers for all
+            check_received_arrays(arrays, settings, num_items=chosen[0][2].num_items)
+            check_item_table(arrays)
+        except RoundRefused as err:
+            logger.warning("refused the server's train request for %d users: %s", len(chosen), err)
+            return None, _metrics_of_refusal(len(chosen))
+    request = None
+    if state_store is None:
+        states = load_cohort_states(context.state)
+    else:
+        if settings.seed >= 0:  # a repeat of this very request replays identically
+            request = request_digest(arrays, config)
+        keys = [key for _, key, _ in chosen]
+        states = _stored_states(state_store, keys, settings.server_round, request)
+    members = []
+    for _, key, data in chosen:
+        seed = user_seed(settings, key, TRAIN_SEED)
+        members.append(CohortMember(key, data, states.get(key, DeviceState()), seed))
+    weights = [
+        float(len(m.data.train_items)) if settings.weight_by_examples else 1.0 for m in members
+    ]
+    result = train_cohort(
+        arrays,
+        members,
+        model_spec=settings.model,
+        training=settings.training,
+        privacy=settings.privacy,
+        explicit=settings.explicit,
+        server_round=settings.server_round,
+        weights=weights,
+        chunk_size=plan.chunk_size,
+    )
+    changed = {o.key: o.state for o in result.outcomes if o.status in ("trained", "rejected")}
+    # Saved before the reply leaves: the spend of every user who trained is recorded.
+    if state_store is None:
+        store_cohort_states(context.state, states | changed)
+    elif changed:
+        with DeviceStateStore(state_store) as store:
+            store.save_many(settings.server_round, changed, request=request)
+    counts = {f"users_{s}": sum(o.status == s for o in result.outcomes) for s in OUTCOMES}
+    trained = [o for o in result.outcomes if o.status == "trained"]
+    spent = [o for o in result.outcomes if o.status != "failed"]
+    metrics: dict[str, Any] = {
+        NUM_EXAMPLES: result.weight_sum,
+        "users_sampled": len(members),
+        **counts,
+        "epsilon_users": [o.key for o in spent],
+        "epsilon_values": [float(o.epsilon) for o in spent],
+    }
+    released = None
+    if trained:
+        metrics["train_loss"] = float(np.mean([o.loss for o in trained]))
+        if user_level:  # the sum of per-user clipped updates (weights are all 1 here)
+            metrics[USERS_SUMMED] = len(trained)
+            released = result.update_sum
+        else:
+            released = {k: v / result.weight_sum for k, v in result.update_sum.items()}
+    return released, metrics
+
+
+def _metrics_of_refusal(users: int) -> dict[str, Any]:
+    """A node's reply when its devices refused the table: no arrays, nothing spent."""
+    return {
+        NUM_EXAMPLES: 0,
+        "users_sampled": users,
+        **{f"users_{s}": users if s == "refused" else 0 for s in OUTCOMES},
+        "epsilon_users": [],
+        "epsilon_values": [],
+    }
+
+
 def build_cohort_app(
     source: SplitUserSource, mods: Sequence = (), state_store: str | None = None
 ) -> ClientApp:
@@ -131,67 +236,11 @@ def build_cohort_app(
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         plan, settings, arrays = _split_config(msg)
-        user_level = settings.privacy.user_level
-        if user_level and (not plan.poisson_sampling or settings.weight_by_examples):
-            # Fail closed: the server's accountant assumes Poisson-sampled, equally weighted users.
-            raise RoundRefused(
-                "user-level DP on cohort nodes needs Poisson sampling of users and uniform weights"
-            )
-        chosen = [
-            (index, *source.local_data({"partition-id": index}))
-            for index in _members_of(plan, settings.server_round, context, evaluation=False)
-        ]
-        request = None
-        if state_store is None:
-            states = load_cohort_states(context.state)
-        else:
-            if settings.seed >= 0:  # a repeat of this very request replays identically
-                request = request_digest(arrays, dict(msg.content[CONFIG_KEY]))
-            keys = [key for _, key, _ in chosen]
-            states = _stored_states(state_store, keys, settings.server_round, request)
-        members = []
-        for _, key, data in chosen:
-            seed = user_seed(settings, key, TRAIN_SEED)
-            members.append(CohortMember(key, data, states.get(key, DeviceState()), seed))
-        weights = [
-            float(len(m.data.train_items)) if settings.weight_by_examples else 1.0 for m in members
-        ]
-        result = train_cohort(
-            arrays,
-            members,
-            model_spec=settings.model,
-            training=settings.training,
-            privacy=settings.privacy,
-            explicit=settings.explicit,
-            server_round=settings.server_round,
-            weights=weights,
-            chunk_size=plan.chunk_size,
+        released, metrics = cohort_train_reply(
+            plan, settings, arrays, dict(msg.content[CONFIG_KEY]), context, source, state_store
         )
-        changed = {o.key: o.state for o in result.outcomes if o.status in ("trained", "rejected")}
-        # Saved before the reply leaves: the spend of every user who trained is recorded.
-        if state_store is None:
-            store_cohort_states(context.state, states | changed)
-        elif changed:
-            with DeviceStateStore(state_store) as store:
-                store.save_many(settings.server_round, changed, request=request)
-        counts = {f"users_{s}": sum(o.status == s for o in result.outcomes) for s in OUTCOMES}
-        trained = [o for o in result.outcomes if o.status == "trained"]
-        spent = [o for o in result.outcomes if o.status != "failed"]
-        metrics: dict[str, Any] = {
-            NUM_EXAMPLES: result.weight_sum,
-            "users_sampled": len(members),
-            **counts,
-            "epsilon_users": [o.key for o in spent],
-            "epsilon_values": [float(o.epsilon) for o in spent],
-        }
         content = {}
-        if trained:
-            metrics["train_loss"] = float(np.mean([o.loss for o in trained]))
-            if user_level:  # the sum of per-user clipped updates (weights are all 1 here)
-                metrics[USERS_SUMMED] = len(trained)
-                released = result.update_sum
-            else:
-                released = {k: v / result.weight_sum for k, v in result.update_sum.items()}
+        if released is not None:
             content[ARRAYS_KEY] = ArrayRecord(
                 {k: Array(np.asarray(v, dtype=np.float32)) for k, v in released.items()}
             )

@@ -274,6 +274,7 @@ class ValidatedDeltaMixin:
             self.record.rejected += cohort_users["rejected"]
             self.record.failed += cohort_users["failed"]
             self.record.budget_exhausted += cohort_users["budget_exhausted"]
+            self.record.refused += cohort_users["refused"]
         self.record.train_loss = float(np.mean(losses)) if losses else float("nan")
         if self.epsilon_by_node:
             spent = list(self.epsilon_by_node.values())
@@ -298,7 +299,7 @@ class ValidatedDeltaMixin:
 
     def _count_cohort_users(self, metrics, counts: dict[str, int] | None) -> dict[str, int]:
         counts = counts or dict.fromkeys(
-            ("sampled", "trained", "rejected", "failed", "budget_exhausted"), 0
+            ("sampled", "trained", "rejected", "failed", "budget_exhausted", "refused"), 0
         )
         for name in counts:
             counts[name] += int(metrics[f"users_{name}"])
