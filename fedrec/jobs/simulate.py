@@ -143,8 +143,7 @@ def _progress(record: RoundRecord, rounds: int) -> str:
         parts.append("untrained baseline")
     else:
         parts.append(
-            f"{record.accepted}/{record.sampled} updates ({record.failed} failed, "
-            f"{record.timed_out} timed out, {record.rejected} rejected), "
+            f"{record.accepted}/{record.sampled} updates ({record.outcome_counts()}), "
             + ("SKIPPED (model unchanged)" if record.skipped else f"loss {record.train_loss:.4f}")
         )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in record.evaluation.items() if k != "num_users")

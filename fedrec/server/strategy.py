@@ -126,6 +126,24 @@ class RoundRecord:
     user_level_epsilon: float | None = None  # the server's user-level ε (modes user, both)
     seconds: float = 0.0
 
+    def outcome_counts(self) -> str:
+        """Why updates are missing, for the round's log line: the three failure counts always,
+        the devices' own refusals only when there are any (a table every device refuses stalls
+        the run, and the server's log must say so, not only the devices')."""
+        parts = [
+            f"{self.failed} failed",
+            f"{self.timed_out} timed out",
+            f"{self.rejected} rejected",
+        ]
+        for count, words in (
+            (self.refused, "refused the request (see the devices' logs)"),
+            (self.declined, "declined"),
+            (self.budget_exhausted, "out of budget"),
+        ):
+            if count:
+                parts.append(f"{count} {words}")
+        return ", ".join(parts)
+
     def row(self) -> dict[str, float]:
         flat = {k: v for k, v in self.__dict__.items() if k != "evaluation" and v is not None}
         return {**flat, **self.evaluation}
@@ -285,14 +303,12 @@ class ValidatedDeltaMixin:
         if self.record.accepted < self.min_replies:
             self.record.skipped = 1
             logger.warning(
-                "round %d skipped: %d accepted updates, fewer than min_replies=%d (%d failed, "
-                "%d timed out, %d rejected); the model is unchanged",
+                "round %d skipped: %d accepted updates, fewer than min_replies=%d (%s); the "
+                "model is unchanged",
                 server_round,
                 self.record.accepted,
                 self.min_replies,
-                self.record.failed,
-                self.record.timed_out,
-                self.record.rejected,
+                self.record.outcome_counts(),
             )
             return None, None
         return self.aggregate_updates(server_round, accepted)
