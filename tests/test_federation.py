@@ -216,10 +216,12 @@ def test_malformed_updates_are_dropped_and_rounds_complete(private_run):
     assert all(np.isfinite(table[name]).all() for name in table.files)
 
 
-def test_users_at_budget_sit_out_and_the_run_finishes(tmp_path):
+@pytest.mark.parametrize("engine", ["per_user", "cohort"])
+def test_users_at_budget_sit_out_and_the_run_finishes(tmp_path, engine):
     # Each device solves σ for one planned round; every later round would overspend, so all
     # four users train in round 1 only and report budget_exhausted in rounds 2 and 3.
     overrides = [
+        f"federation.engine={engine}",
         "dataset=ml100k",
         "privacy=budget",
         "privacy.target_epsilon=4",
@@ -241,3 +243,6 @@ def test_users_at_budget_sit_out_and_the_run_finishes(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["updates"]["budget_exhausted"] == 8 and summary["updates"]["failed"] == 0
     assert summary["epsilon_per_user"]["budget"] == 4.0
+    # Sit-outs are counted per round (8); the users who hit their budget are 4, each once.
+    assert [int(r["users_at_budget"]) for r in rows] == [0, 4, 4]
+    assert summary["epsilon_per_user"]["users_at_budget"] == 4

@@ -217,6 +217,7 @@ def test_a_round_in_which_every_device_sits_out_is_skipped(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["updates"]["accepted"] == USERS
     assert summary["updates"]["budget_exhausted"] == USERS
+    assert summary["epsilon_per_user"]["users_at_budget"] == USERS
     assert summary["faults"]["rounds_skipped"] == 1
     table = dict(np.load(tmp_path / "item_table.npz"))
     assert all(np.isfinite(value).all() for value in table.values())

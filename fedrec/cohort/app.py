@@ -203,6 +203,7 @@ def cohort_train_reply(
         **counts,
         "epsilon_users": [o.key for o in spent],
         "epsilon_values": [float(o.epsilon) for o in spent],
+        "budget_exhausted_users": [o.key for o in spent if o.status == "budget_exhausted"],
     }
     released = None
     if trained:
@@ -223,6 +224,7 @@ def _metrics_of_refusal(users: int) -> dict[str, Any]:
         **{f"users_{s}": users if s == "refused" else 0 for s in OUTCOMES},
         "epsilon_users": [],
         "epsilon_values": [],
+        "budget_exhausted_users": [],
     }
 
 

@@ -151,6 +151,8 @@ def _progress(record: RoundRecord, rounds: int) -> str:
         parts.append(shown)
     if record.epsilon_max > 0:
         parts.append(f"ε max {record.epsilon_max:.3g} (median {record.epsilon_median:.3g})")
+    if record.users_at_budget:
+        parts.append(f"{record.users_at_budget} users at their budget")
     if record.user_level_epsilon is not None:
         parts.append(f"user-level ε {record.user_level_epsilon:.3g}")
     parts.append(f"{record.seconds:.1f}s")
@@ -417,6 +419,8 @@ def run_simulate(
             "max": last.get("epsilon_max", 0.0),
             "users_reporting": last.get("clients_with_epsilon", 0),
             "budget": cfg.privacy.target_epsilon,
+            # distinct users who sat out at least one round because their budget was spent
+            "users_at_budget": last.get("users_at_budget", 0),
         }
     if plan.user_level is not None:
         summary_privacy["user_level"] = {

@@ -5,8 +5,9 @@ so the file on disk is always one whole round: a crash mid-write leaves the prev
 It holds the item table, the server optimizer's state (FedAdam/FedYogi's moments ``m_t`` and
 ``v_t``), the round number, the random states the server draws from (Python's ``random``, which
 Flower's node sampling uses, and the user-level DP generator with its release count), the ε per
-client seen so far, and the metric rows so far. Resuming from it and running the remaining rounds
-gives the run an uninterrupted process would have given (with seeded clients).
+client seen so far with the users whose budget stopped them, and the metric rows so far.
+Resuming from it and running the remaining rounds gives the run an uninterrupted process would
+have given (with seeded clients).
 
 The file is an ``.npz`` of arrays plus one JSON document: nothing in it is pickled.
 """
@@ -37,7 +38,7 @@ class ServerCheckpoint:
     moments: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # m_t, v_t
     python_random: Any = None  # random.getstate()
     user_level: dict[str, Any] | None = None  # generator state and releases of DP-FedAvg
-    epsilon_by_client: list[list] = field(default_factory=list)  # [kind, key, ε]
+    privacy_tally: dict[str, list] = field(default_factory=dict)  # PrivacyTally.to_json()
     rows: list[dict[str, float]] = field(default_factory=list)  # metrics.csv so far
 
 
@@ -51,7 +52,7 @@ def save_checkpoint(path: str | Path, checkpoint: ServerCheckpoint) -> None:
         "server_round": checkpoint.server_round,
         "python_random": checkpoint.python_random,
         "user_level": checkpoint.user_level,
-        "epsilon_by_client": checkpoint.epsilon_by_client,
+        "privacy_tally": checkpoint.privacy_tally,
         "rows": checkpoint.rows,
     }
     buffer = io.BytesIO()
@@ -84,7 +85,7 @@ def load_checkpoint(path: str | Path) -> ServerCheckpoint:
         moments=moments,
         python_random=state["python_random"],
         user_level=state["user_level"],
-        epsilon_by_client=state["epsilon_by_client"],
+        privacy_tally=state["privacy_tally"],
         rows=state["rows"],
     )
 
@@ -101,10 +102,6 @@ def capture(
     user_level = None
     if hasattr(strategy, "user_level"):
         user_level = {"rng": strategy.rng.bit_generator.state, "releases": strategy.releases}
-    epsilons = [
-        ["user", key[1], value] if isinstance(key, tuple) else ["node", key, value]
-        for key, value in strategy.epsilon_by_node.items()
-    ]
     version, internal, gauss = random.getstate()
     return ServerCheckpoint(
         server_round=server_round,
@@ -112,7 +109,7 @@ def capture(
         moments=moments,
         python_random=[version, list(internal), gauss],
         user_level=user_level,
-        epsilon_by_client=epsilons,
+        privacy_tally=strategy.privacy_tally.to_json(),
         rows=[dict(row) for row in rows],
     )
 
@@ -124,13 +121,7 @@ def restore(strategy: Any, checkpoint: ServerCheckpoint) -> None:
     if checkpoint.user_level is not None:
         strategy.rng.bit_generator.state = checkpoint.user_level["rng"]
         strategy.releases = int(checkpoint.user_level["releases"])
-    # A cohort node reports ε per user key, which is stable. A per-user node reports under its
-    # Flower node id, which a new simulation process draws afresh: restoring those entries would
-    # count every client twice, so the ε columns after a resume cover the clients heard from
-    # since. The ledgers themselves (device state) are what ε per user is read from.
-    for kind, key, value in checkpoint.epsilon_by_client:
-        if kind == "user":
-            strategy.epsilon_by_node[("user", int(key))] = value
+    strategy.privacy_tally.restore_json(checkpoint.privacy_tally)
     if checkpoint.python_random is not None:
         version, internal, gauss = checkpoint.python_random
         random.setstate((version, tuple(internal), gauss))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import random
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from fedrec.client.messages import BUDGET_EXHAUSTED, DECLINED, NUM_EXAMPLES, ROU
 from fedrec.client.messages import round_config as flat_round_config
 from fedrec.client.secagg_app import ARRAY_NAMES_KEY, CLIPPED_VALUES
 from fedrec.eval.metrics import average_over_users
+from fedrec.server.privacy_tally import PrivacyTally
 from fedrec.server.strategy import (
     RoundCallback,
     RoundRecord,
@@ -200,7 +200,7 @@ class SecAggDeltaFedAvg(LegacyFedAvg):
         self.server_lr_schedule = strategy_spec.server_lr_schedule
         self.rounds, self.eval_every_rounds = rounds, max(1, eval_every_rounds)
         self.min_replies, self.on_round = min_replies, on_round
-        self.epsilon_by_node: dict[int, float] = {}
+        self.privacy_tally = PrivacyTally()
         self.record = SecAggRoundRecord(0)
         self._aggregated = True
         self._started = time.perf_counter()
@@ -237,16 +237,17 @@ class SecAggDeltaFedAvg(LegacyFedAvg):
             elif metrics.get(BUDGET_EXHAUSTED):
                 record.budget_exhausted += 1
             if "epsilon" in metrics:
-                self.epsilon_by_node[proxy.node_id] = float(metrics["epsilon"])
+                self.privacy_tally.report(
+                    proxy.node_id,
+                    float(metrics["epsilon"]),
+                    budget_exhausted=fitres.num_examples == 0
+                    and bool(metrics.get(BUDGET_EXHAUSTED)),
+                )
             if "train_loss" in metrics and fitres.num_examples > 0:
                 losses.append(float(metrics["train_loss"]))
             record.secagg_clipped_values += int(metrics.get(CLIPPED_VALUES, 0))
         record.train_loss = float(np.mean(losses)) if losses else float("nan")
-        if self.epsilon_by_node:
-            spent = list(self.epsilon_by_node.values())
-            record.epsilon_min, record.epsilon_max = min(spent), max(spent)
-            record.epsilon_median = statistics.median(spent)
-            record.clients_with_epsilon = len(spent)
+        self.privacy_tally.fill(record)
         if record.secagg_clipped_values:
             logger.warning(
                 "round %d: devices clipped %d update values to ±clipping_range; raise "

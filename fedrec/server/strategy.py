@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from fedrec.eval.metrics import average_over_users
 from fedrec.privacy.user_level import UserLevelPlan
 from fedrec.registry import Registry
 from fedrec.server.defenses import DefenseSpec, aggregate
+from fedrec.server.privacy_tally import PrivacyTally
 from fedrec.server.user_dp import UserLevelDPMixin, server_noise_rng
 from fedrec.server.validation import ExpectedArrays, expected_arrays, rejection_reason
 
@@ -123,6 +123,7 @@ class RoundRecord:
     epsilon_max: float = 0.0
     epsilon_median: float = 0.0
     clients_with_epsilon: int = 0
+    users_at_budget: int = 0  # distinct users stopped by their budget so far in the run
     user_level_epsilon: float | None = None  # the server's user-level ε (modes user, both)
     seconds: float = 0.0
 
@@ -183,7 +184,7 @@ class ValidatedDeltaMixin:
         self.max_update_norm = max_update_norm
         self.global_arrays: dict[str, np.ndarray] = {}
         self.expected: ExpectedArrays = {}
-        self.epsilon_by_node: dict[object, float] = {}  # node id, or ('user', key)
+        self.privacy_tally = PrivacyTally()
         self.record = RoundRecord(0)
         self._round_started = time.perf_counter()
 
@@ -257,8 +258,11 @@ class ValidatedDeltaMixin:
                 continue
             elif metrics.get(BUDGET_EXHAUSTED) and not reply.content.array_records:
                 self.record.budget_exhausted += 1
-                spent = float(metrics.get("epsilon", 0.0))
-                self.epsilon_by_node[reply.metadata.src_node_id] = spent
+                self.privacy_tally.report(
+                    reply.metadata.src_node_id,
+                    float(metrics.get("epsilon", 0.0)),
+                    budget_exhausted=True,
+                )
                 continue
             reason = rejection_reason(reply.content, self.expected, self.max_update_norm)
             if reason is not None:
@@ -281,7 +285,7 @@ class ValidatedDeltaMixin:
                 accepted.append(reply)
                 continue
             if "epsilon" in metrics:
-                self.epsilon_by_node[reply.metadata.src_node_id] = float(metrics["epsilon"])
+                self.privacy_tally.report(reply.metadata.src_node_id, float(metrics["epsilon"]))
             if "train_loss" in metrics:
                 losses.append(float(metrics["train_loss"]))
             accepted.append(reply)
@@ -294,12 +298,7 @@ class ValidatedDeltaMixin:
             self.record.budget_exhausted += cohort_users["budget_exhausted"]
             self.record.refused += cohort_users["refused"]
         self.record.train_loss = float(np.mean(losses)) if losses else float("nan")
-        if self.epsilon_by_node:
-            spent = list(self.epsilon_by_node.values())
-            self.record.epsilon_min = min(spent)
-            self.record.epsilon_max = max(spent)
-            self.record.epsilon_median = statistics.median(spent)
-            self.record.clients_with_epsilon = len(spent)
+        self.privacy_tally.fill(self.record)
         if self.record.accepted < self.min_replies:
             self.record.skipped = 1
             logger.warning(
@@ -320,8 +319,11 @@ class ValidatedDeltaMixin:
         for name in counts:
             counts[name] += int(metrics[f"users_{name}"])
         users, values = metrics["epsilon_users"], metrics["epsilon_values"]
+        stopped = {int(user) for user in metrics.get("budget_exhausted_users", [])}
         for user, epsilon in zip(users, values, strict=True):
-            self.epsilon_by_node[("user", int(user))] = float(epsilon)
+            self.privacy_tally.report(
+                ("user", int(user)), float(epsilon), budget_exhausted=int(user) in stopped
+            )
         return counts
 
     def aggregate_updates(self, server_round: int, accepted: list[Message]):
