@@ -25,6 +25,14 @@ class ModelSpec:
     embedding_dim: int = 64
     init_std: float = 0.1
 
+    def __post_init__(self) -> None:
+        # The bounds a device also enforces (fedrec.client.messages): a config outside them is
+        # refused here, before any federation starts, instead of by every device mid-run.
+        if self.embedding_dim < 1:
+            raise ValueError(f"model.embedding_dim={self.embedding_dim}; expected >= 1")
+        if not 0 < self.init_std <= 10:
+            raise ValueError(f"model.init_std={self.init_std}; expected 0 < init_std <= 10")
+
 
 class MatrixFactorization(nn.Module):
     """score(u, i) = <p_u, q_i> + b_i (+ b_u + mu in explicit mode)."""
