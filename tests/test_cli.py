@@ -135,22 +135,27 @@ def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with (tmp_path / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["mode"], r["target_epsilon"]) for r in rows] == [
-        ("none", "inf"),
-        ("record", "2.0"),
-        ("user", "2.0"),
+    assert [(r["model"], r["mode"], r["target_epsilon"]) for r in rows] == [
+        ("mf", "none", "inf"),
+        ("popularity", "none", "inf"),
+        ("mf", "record", "2.0"),
+        ("popularity", "record", "2.0"),
+        ("mf", "user", "2.0"),
+        ("popularity", "user", "2.0"),
     ]
-    for row in rows[1:]:
+    for row in rows[2:]:
         assert 1.5 < float(row["epsilon_spent"]) <= 2  # the budget holds, and is nearly spent
-    assert rows[1]["guarantee"].startswith("record-level")
-    assert rows[2]["guarantee"].startswith("user-level")
+    assert all(row["guarantee"].startswith("record-level") for row in rows[2:4])
+    assert all(row["guarantee"].startswith("user-level") for row in rows[4:6])
     summary = json.loads((tmp_path / "user_eps2_seed0" / "summary.json").read_text())
-    assert summary["user_level"]["epsilon"] == float(rows[2]["epsilon_spent"])
+    assert summary["user_level"]["epsilon"] == float(rows[4]["epsilon_spent"])
     assert summary["user_level"]["sample_rate"] == 0.5  # 3 of 6 clients per round
     table = (tmp_path / "sweep.md").read_text()
-    assert "| record | record-level, max over users | 2 |" in table
-    assert "| user | user-level (server) | 2 |" in table
-    assert "| none | none (no DP) | inf |" in table
+    assert "| mf | record | record-level, max over users | 2 |" in table
+    assert "| mf | user | user-level (server) | 2 |" in table
+    assert "| mf | none | none (no DP) | inf |" in table
+    assert "| popularity | record | record-level, max over users | 2 |" in table
+    assert "| popularity | none | none (no DP) | inf |" in table
     assert "ndcg@10 / no DP" in table.splitlines()[0]
     assert (tmp_path / "pareto.png").stat().st_size > 5000
 
@@ -177,11 +182,46 @@ def test_sweep_gives_each_mode_its_own_recipe_and_the_budget_last():
         SweepJobConfig(mode_overrides={"recrod": []})
 
 
+def test_a_budget_recipe_replaces_the_modes_recipe_up_to_its_bound():
+    from fedrec.jobs.sweep import BudgetRecipe, SweepJobConfig, recipe_for, run_points
+
+    cfg = SweepJobConfig(
+        modes=["record", "user"],
+        epsilons=[1.0, 2.0, 4.0, 8.0],
+        seeds=[0],
+        mode_overrides={"record": ["+experiment=mf"]},
+        budget_overrides={
+            "record": [
+                BudgetRecipe(4.0, ["+experiment=small"]),
+                BudgetRecipe(1.0, ["+experiment=tiny"]),
+            ]
+        },
+    )
+    assert [recipe_for(cfg, "record", e) for e in cfg.epsilons] == [
+        ["+experiment=tiny"],
+        ["+experiment=small"],
+        ["+experiment=small"],
+        ["+experiment=mf"],
+    ]
+    assert recipe_for(cfg, "user", 1.0) == []
+    assert run_points(cfg)[0] == (
+        "record",
+        1.0,
+        0,
+        ["+experiment=tiny", "privacy=budget", "privacy.target_epsilon=1.0"],
+    )
+    with pytest.raises(ValueError, match="budget_overrides names \\['none'\\]"):
+        SweepJobConfig(budget_overrides={"none": []})
+    with pytest.raises(ValueError, match="up_to must be a finite"):
+        SweepJobConfig(budget_overrides={"record": [BudgetRecipe(math.inf, [])]})
+
+
 def test_sweep_table_gives_the_first_metric_as_a_ratio_of_the_non_private_run():
     from fedrec.jobs.sweep import markdown
 
-    def entry(mode: str, eps: float, ndcg: float) -> dict:
+    def entry(mode: str, eps: float, ndcg: float, model: str = "mf") -> dict:
         return {
+            "model": model,
             "mode": mode,
             "guarantee": mode,
             "target_epsilon": eps,
@@ -192,11 +232,17 @@ def test_sweep_table_gives_the_first_metric_as_a_ratio_of_the_non_private_run():
             "wall_time_s_mean": 1.0,
         }
 
-    rows = markdown([entry("none", math.inf, 0.04), entry("record", 8, 0.03)], ["ndcg@10"])
-    lines = rows.splitlines()
-    assert lines[0].split(" | ")[5] == "ndcg@10 / no DP"
-    assert lines[2].split(" | ")[5] == "1.00" and lines[3].split(" | ")[5] == "0.75"
-    # no usable baseline (no ε = ∞ run, or it scored 0): no ratio rather than a division by 0
-    assert markdown([entry("record", 8, 0.03)], ["ndcg@10"]).splitlines()[2].split(" | ")[5] == "–"
+    summary = [
+        entry("none", math.inf, 0.04),
+        entry("record", 8, 0.03),
+        entry("none", math.inf, 0.02, "popularity"),  # a reference row is not the baseline
+        entry("record", 8, 0.01, "popularity"),
+    ]
+    lines = markdown(summary, ["ndcg@10"]).splitlines()
+    assert lines[0].split(" | ")[6] == "ndcg@10 / no DP"
+    assert [line.split(" | ")[6] for line in lines[2:]] == ["1.00", "0.75", "0.50", "0.25"]
+    # no usable baseline (no ε = ∞ MF run, or it scored 0): no ratio rather than a division by 0
+    alone = markdown([entry("record", 8, 0.03), summary[2]], ["ndcg@10"]).splitlines()
+    assert [line.split(" | ")[6] for line in alone[2:]] == ["–", "–"]
     zero = markdown([entry("none", math.inf, 0.0), entry("record", 8, 0.0)], ["ndcg@10"])
-    assert zero.splitlines()[3].split(" | ")[5] == "–"
+    assert zero.splitlines()[3].split(" | ")[6] == "–"

@@ -3,6 +3,11 @@
 Writes ``sweep.csv``, ``sweep.md`` (mean ± std over seeds) and ``pareto.png`` (ε on a log axis
 against each metric, one line per mode, error bars over seeds) in the run directory.
 
+Beside every MF point the sweep puts the most-popular ranking released under the same guarantee
+and budget (``references: [popularity]``, :mod:`fedrec.jobs.popularity`): a private model that
+scores below it has bought nothing with its budget, and the exact popularity ranking (ε = ∞)
+shows how much of the non-private model's score needs no personalization at all.
+
 The two modes' ε are different guarantees and the table says which: ``record`` is per user
 about one interaction (each device solves its own σ for the budget; ε spent is the largest over
 users), ``user`` is about a user's whole participation (the server solves z for the budget over
@@ -11,7 +16,9 @@ the planned rounds; ε spent is the server accountant's).
 ``mode_overrides`` gives each mode its own recipe on top of ``simulate_overrides``: DP-SGD
 wants a clipping norm, learning rates and round counts that would handicap the non-private
 run, and the non-private row is the baseline every ratio is taken against, so it must be the
-best non-private recipe, not the DP recipe with the noise turned off.
+best non-private recipe, not the DP recipe with the noise turned off. ``budget_overrides``
+replaces a mode's recipe for the budgets up to a bound (a small budget can afford a different
+model than a large one); the table's ``recipe`` column says which one each row ran.
 """
 
 from __future__ import annotations
@@ -60,6 +67,16 @@ SWEEP_MODES: dict[str, SweepMode] = {
     ),
 }
 MODES = tuple(m for m in SWEEP_MODES if m != "none")
+MODELS = {"mf": "matrix factorization (federated run)", "popularity": "most popular (reference)"}
+REFERENCES = ("popularity",)
+
+
+@dataclass
+class BudgetRecipe:
+    """A mode's recipe for every budget ε ≤ ``up_to`` (the smallest bound that fits wins)."""
+
+    up_to: float = math.inf
+    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,31 +88,57 @@ class SweepJobConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     simulate_overrides: list[str] = field(default_factory=list)
     mode_overrides: dict[str, list[str]] = field(default_factory=dict)  # mode -> overrides
+    budget_overrides: dict[str, list[BudgetRecipe]] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@20", "sampled_hr@10"])
+    # Reference rows computed beside every point (no federated run): see the module docstring.
+    references: list[str] = field(default_factory=lambda: ["popularity"])
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
         if unknown:
             raise ValueError(f"sweep.modes {unknown}; accepted: {', '.join(MODES)}")
+        unknown = sorted(set(self.references) - set(REFERENCES))
+        if unknown:
+            raise ValueError(f"sweep.references {unknown}; accepted: {', '.join(REFERENCES)}")
         unknown = sorted(set(self.mode_overrides) - set(SWEEP_MODES))
         if unknown:
             raise ValueError(
                 f"sweep.mode_overrides names {unknown}; accepted: {', '.join(SWEEP_MODES)}"
             )
+        unknown = sorted(set(self.budget_overrides) - set(MODES))
+        if unknown:
+            raise ValueError(
+                f"sweep.budget_overrides names {unknown}; accepted: {', '.join(MODES)}"
+            )
+        for mode, recipes in self.budget_overrides.items():
+            # Hydra hands nested entries over as plain dicts: type them here, once.
+            recipes[:] = [r if isinstance(r, BudgetRecipe) else BudgetRecipe(**r) for r in recipes]
+            if any(not r.up_to > 0 or math.isinf(r.up_to) for r in recipes):
+                raise ValueError(
+                    f"sweep.budget_overrides.{mode}: up_to must be a finite ε > 0 (the mode's "
+                    "recipe in mode_overrides covers every budget above the bounds)"
+                )
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
             raise ValueError("sweep.epsilons must be positive numbers (inf for no DP)")
         if not self.seeds:
             raise ValueError("sweep.seeds must not be empty")
 
 
+def recipe_for(cfg: SweepJobConfig, mode: str, eps: float) -> list[str]:
+    """The recipe a point runs: the budget's (``budget_overrides``), else the mode's."""
+    fitting = [r for r in cfg.budget_overrides.get(mode, []) if eps <= r.up_to]
+    if fitting:
+        return list(min(fitting, key=lambda r: r.up_to).overrides)
+    return list(cfg.mode_overrides.get(mode, []))
+
+
 def run_points(cfg: SweepJobConfig) -> list[tuple[str, float, int, list[str]]]:
-    """(mode, ε, seed, simulate overrides) per run: the shared ones, the mode's recipe, then
-    the budget, so a mode's recipe cannot override the budget the sweep is measuring."""
+    """(mode, ε, seed, simulate overrides) per run: the shared ones, the recipe, then the
+    budget, so a recipe cannot override the budget the sweep is measuring."""
     points = []
 
     def point(mode: str, eps: float, seed: int) -> tuple[str, float, int, list[str]]:
-        recipe = list(cfg.mode_overrides.get(mode, []))
-        return mode, eps, seed, [*recipe, *SWEEP_MODES[mode].overrides(eps)]
+        return mode, eps, seed, [*recipe_for(cfg, mode, eps), *SWEEP_MODES[mode].overrides(eps)]
 
     for seed in cfg.seeds:
         if any(math.isinf(e) for e in cfg.epsilons):
@@ -108,6 +151,7 @@ def run_points(cfg: SweepJobConfig) -> list[tuple[str, float, int, list[str]]]:
 
 def run_sweep(cfg: SweepJobConfig, run_dir: str | Path) -> dict[str, float]:
     from fedrec.cli import compose
+    from fedrec.jobs.popularity import popularity_point
     from fedrec.jobs.simulate import run_simulate
 
     run_dir = Path(run_dir)
@@ -117,23 +161,12 @@ def run_sweep(cfg: SweepJobConfig, run_dir: str | Path) -> dict[str, float]:
         point_dir = run_dir / f"{mode}_eps{eps:g}_seed{seed}"
         started = time.perf_counter()
         final = run_simulate(sim_cfg, point_dir)
-        row = {
-            "mode": mode,
-            "target_epsilon": eps,
-            "seed": seed,
-            "epsilon_spent": final.get(SWEEP_MODES[mode].epsilon_key, 0.0),
-            "guarantee": SWEEP_MODES[mode].guarantee,
-            "wall_time_s": time.perf_counter() - started,
-        }
-        row |= {m: final.get(m, math.nan) for m in cfg.metrics}
-        rows.append(row)
-        logger.info(
-            "sweep point %s ε=%g seed %d: %s",
-            mode,
-            eps,
-            seed,
-            ", ".join(f"{m} {row[m]:.4f}" for m in cfg.metrics),
-        )
+        recipe = " ".join(recipe_for(cfg, mode, eps)) or "-"
+        rows.append(_row("mf", mode, eps, seed, final, started, cfg) | {"recipe": recipe})
+        if "popularity" in cfg.references:
+            started = time.perf_counter()
+            final = popularity_point(sim_cfg, mode, eps, seed)
+            rows.append(_row("popularity", mode, eps, seed, final, started, cfg) | {"recipe": "-"})
     with (run_dir / "sweep.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -142,21 +175,53 @@ def run_sweep(cfg: SweepJobConfig, run_dir: str | Path) -> dict[str, float]:
     (run_dir / "sweep.md").write_text(markdown(summary, cfg.metrics))
     plot(summary, cfg.metrics, run_dir / "pareto.png")
     RunRecorder(run_dir).write_summary({"job": "sweep", "points": summary})
-    best = max(summary, key=lambda s: s["target_epsilon"])
+    best = max((s for s in summary if s["model"] == "mf"), key=lambda s: s["target_epsilon"])
     return {m: best[f"{m}_mean"] for m in cfg.metrics}
 
 
+def _row(
+    model: str, mode: str, eps: float, seed: int, final: dict, started: float, cfg: SweepJobConfig
+) -> dict:
+    epsilon_key = "epsilon_spent" if model == "popularity" else SWEEP_MODES[mode].epsilon_key
+    row = {
+        "model": model,
+        "mode": mode,
+        "target_epsilon": eps,
+        "seed": seed,
+        "epsilon_spent": final.get(epsilon_key, 0.0),
+        "guarantee": SWEEP_MODES[mode].guarantee,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    row |= {m: final.get(m, math.nan) for m in cfg.metrics}
+    logger.info(
+        "sweep point %s %s ε=%g seed %d: %s",
+        model,
+        mode,
+        eps,
+        seed,
+        ", ".join(f"{m} {row[m]:.4f}" for m in cfg.metrics),
+    )
+    return row
+
+
 def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
-    groups: dict[tuple[str, float], list[dict]] = {}
+    """Mean and std over seeds per (model, mode, ε); MF rows first, as they ran."""
+    groups: dict[tuple[str, str, float], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["mode"], row["target_epsilon"]), []).append(row)
+        model = row.get("model", "mf")
+        groups.setdefault((model, row["mode"], row["target_epsilon"]), []).append(row)
+    order = {name: rank for rank, name in enumerate(MODELS)}
     summary = []
-    for (mode, eps), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (model, mode, eps), members in sorted(
+        groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])
+    ):
         entry = {
+            "model": model,
             "mode": mode,
             "guarantee": SWEEP_MODES[mode].guarantee,
             "target_epsilon": eps,
             "seeds": len(members),
+            "recipe": members[0].get("recipe", "-"),
         }
         for name in [*metrics, "epsilon_spent", "wall_time_s"]:
             values = [m[name] for m in members]
@@ -167,14 +232,22 @@ def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
 
 
 def markdown(summary: list[dict], metrics: list[str]) -> str:
-    """The table, with the first metric also as a ratio of the non-private run's (the goals
-    of the privacy issue are stated that way); "–" when the sweep has no ε = ∞ run."""
-    baseline = next((s[f"{metrics[0]}_mean"] for s in summary if s["mode"] == "none"), None)
-    header = ["mode", "ε refers to", "target ε", "ε spent", *metrics]
-    header += [f"{metrics[0]} / no DP", "wall (s)", "seeds"]
+    """The table, with the first metric also as a ratio of the non-private MF run's (the goals
+    of the privacy issue are stated that way); "–" when the sweep has no ε = ∞ MF run."""
+    baseline = next(
+        (
+            s[f"{metrics[0]}_mean"]
+            for s in summary
+            if s["mode"] == "none" and s.get("model", "mf") == "mf"
+        ),
+        None,
+    )
+    header = ["model", "mode", "ε refers to", "target ε", "ε spent", *metrics]
+    header += [f"{metrics[0]} / no DP", "wall (s)", "seeds", "recipe"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         cells = [
+            s.get("model", "mf"),
             s["mode"],
             s["guarantee"],
             f"{s['target_epsilon']:g}",
@@ -183,37 +256,55 @@ def markdown(summary: list[dict], metrics: list[str]) -> str:
         cells += [f"{s[f'{m}_mean']:.4f} ± {s[f'{m}_std']:.4f}" for m in metrics]
         ratio = s[f"{metrics[0]}_mean"] / baseline if baseline else None
         cells.append("–" if ratio is None else f"{ratio:.2f}")
+        recipe = s.get("recipe", "-")
         cells += [f"{s['wall_time_s_mean']:.0f}", str(s["seeds"])]
+        cells.append(f"`{recipe}`" if recipe != "-" else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict], metrics: list[str], path: Path) -> None:
-    """ε (log axis) against each metric; the non-private run is a dashed reference line."""
+    """ε (log axis) against each metric: one solid line per DP mode of the MF model, the
+    popularity reference in the same colour dotted; the non-private runs are horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    modes = sorted({s["mode"] for s in summary if s["mode"] != "none"})
+    colours = {mode: f"C{rank}" for rank, mode in enumerate(modes)}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for mode in sorted({s["mode"] for s in summary if s["mode"] != "none"}):
-            points = [s for s in summary if s["mode"] == mode]
-            ax.errorbar(
-                [s["target_epsilon"] for s in points],
-                [s[f"{metric}_mean"] for s in points],
-                yerr=[s[f"{metric}_std"] for s in points],
-                marker="o",
-                capsize=3,
-                label=f"{mode}-level DP (ε per {SWEEP_MODES[mode].protects})",
-            )
+        for model, style in (("mf", "-"), ("popularity", ":")):
+            for mode in modes:
+                points = [s for s in summary if s["mode"] == mode and s.get("model", "mf") == model]
+                if not points:
+                    continue
+                label = f"{mode}-level DP (ε per {SWEEP_MODES[mode].protects})"
+                ax.errorbar(
+                    [s["target_epsilon"] for s in points],
+                    [s[f"{metric}_mean"] for s in points],
+                    yerr=[s[f"{metric}_std"] for s in points],
+                    marker="o" if model == "mf" else "s",
+                    markersize=4,
+                    linestyle=style,
+                    color=colours[mode],
+                    capsize=3,
+                    label=label if model == "mf" else f"most popular, {label}",
+                )
         for s in (s for s in summary if s["mode"] == "none"):
-            ax.axhline(s[f"{metric}_mean"], linestyle="--", color="grey", label="no DP (ε = ∞)")
+            mf = s.get("model", "mf") == "mf"
+            ax.axhline(
+                s[f"{metric}_mean"],
+                linestyle="--" if mf else ":",
+                color="grey",
+                label="no DP (ε = ∞)" if mf else "most popular, no DP",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("target ε")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
