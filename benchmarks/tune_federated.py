@@ -23,6 +23,11 @@ num_negatives), plus
 
 - ``server``: "avg" (default: the rule above) or "adam" (FedAdam as Flower computes it, with
   ``server_lr`` as eta, ``tau`` 1e-3, betas 0.9/0.99).
+- ``dataset``: a config of ``configs/dataset/`` (default ``ml100k``; e.g. ``synthetic_ml1m``).
+- ``user_eps`` (user-level DP instead: every update clipped to ``user_clip``, default 0.4, and
+  the noise of DP-FedAvg at q = 1 added to their sum, z solved for ``user_eps`` over ``rounds``
+  rounds, then divided by the number of users, as ``privacy=user`` with all users per round);
+  needs ``frac=1``.
 
 Every client trains with ``train_cohort`` (the cohort engine: per user the same numbers as
 ``train_round``, many times faster); the server only sees the average of their deltas.
@@ -35,14 +40,17 @@ import time
 import numpy as np
 import torch
 
+from fedrec.cli import compose
 from fedrec.client.data_source import SplitUserSource
 from fedrec.client.trainer import DeviceState, LocalEvalSpec, LocalTrainingSpec, evaluate_user
 from fedrec.cohort import CohortMember, train_cohort
-from fedrec.data import DatasetSpec, load_split, make_split
+from fedrec.data import load_split, make_split
 from fedrec.eval import average_over_users
 from fedrec.model import ModelSpec
 from fedrec.model.mf import random_item_arrays
-from fedrec.privacy import PrivacySpec
+from fedrec.privacy import PrivacySpec, epsilon_spent
+from fedrec.privacy.accounting import solve_noise_multiplier
+from fedrec.privacy.user_level import noisy_mean_of_sum
 
 torch.set_num_threads(1)
 SHOWN = ("ndcg@10", "recall@20", "sampled_hr@10")
@@ -57,9 +65,11 @@ def main(kw: dict) -> None:
     clip, target_eps = kw.pop("clip", 1.0), kw.pop("target_eps", None)
     refit_lr, refit_zero = kw.pop("refit_lr", 0.05), kw.pop("refit_zero", False)
     seed, emb_scale = kw.pop("seed", 0), kw.pop("emb_scale", 1.0)
+    dataset = kw.pop("dataset", "ml100k")
+    user_eps, user_clip = kw.pop("user_eps", None), kw.pop("user_clip", 0.4)
     if decay not in (None, "cosine", "cosine-server", "cosine-local"):
         raise ValueError(f"decay={decay!r}")
-    split = load_split(DatasetSpec(name="movielens_100k"))
+    split = load_split(compose("simulate", [f"dataset={dataset}"]).dataset)
     if val:
         split = make_split(split.train, "leave_one_out", seed=0)
     users = np.arange(split.train.num_users)
@@ -77,6 +87,12 @@ def main(kw: dict) -> None:
         )
     elif noise is not None:
         privacy = PrivacySpec(mode="record", noise_multiplier=noise, max_grad_norm=clip)
+    elif user_eps is not None:
+        if frac != 1.0:
+            raise ValueError("user_eps needs frac=1 (every user, every round: q = 1)")
+        privacy = PrivacySpec(mode="user", user_clip_norm=user_clip)
+        user_z = solve_noise_multiplier(user_eps, privacy.delta, 1.0, rounds)
+        user_rng = np.random.default_rng([seed, 1])
     else:
         privacy = PrivacySpec()
     items = random_item_arrays(split.train.num_items, dim, init_std=std, seed=seed)
@@ -106,7 +122,18 @@ def main(kw: dict) -> None:
         for outcome in result.outcomes:
             states[outcome.key] = outcome.state
             eps = max(eps, outcome.epsilon)
-        mean = {k: v / result.weight_sum for k, v in result.update_sum.items()}
+        if user_eps is not None:  # the server's release: (sum of clipped updates + noise) / N
+            mean = noisy_mean_of_sum(
+                result.update_sum,
+                like=items,
+                clip_norm=user_clip,
+                noise_multiplier=user_z,
+                expected_clients=len(users),
+                rng=user_rng,
+            )
+            eps = epsilon_spent([(user_z, 1.0, r)], delta=privacy.delta)
+        else:
+            mean = {k: v / result.weight_sum for k, v in result.update_sum.items()}
         if server == "adam":
             moments = moments or {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in items.items()}
             eta = server_lr * server_scale * math.sqrt(1 - 0.99**r) / (1 - 0.9**r)
