@@ -135,12 +135,12 @@ def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with (tmp_path / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["model"], r["mode"], r["target_epsilon"]) for r in rows] == [
-        ("mf", "none", "inf"),
+    assert [(r["run"], r["mode"], r["target_epsilon"]) for r in rows] == [
+        ("federated", "none", "inf"),
         ("popularity", "none", "inf"),
-        ("mf", "record", "2.0"),
+        ("federated", "record", "2.0"),
         ("popularity", "record", "2.0"),
-        ("mf", "user", "2.0"),
+        ("federated", "user", "2.0"),
         ("popularity", "user", "2.0"),
     ]
     for row in rows[2:]:
@@ -151,9 +151,9 @@ def test_privacy_sweep_writes_table_and_pareto_plot_for_both_modes(tmp_path):
     assert summary["user_level"]["epsilon"] == float(rows[4]["epsilon_spent"])
     assert summary["user_level"]["sample_rate"] == 0.5  # 3 of 6 clients per round
     table = (tmp_path / "sweep.md").read_text()
-    assert "| mf | record | record-level, max over users | 2 |" in table
-    assert "| mf | user | user-level (server) | 2 |" in table
-    assert "| mf | none | none (no DP) | inf |" in table
+    assert "| federated | record | record-level, max over users | 2 |" in table
+    assert "| federated | user | user-level (server) | 2 |" in table
+    assert "| federated | none | none (no DP) | inf |" in table
     assert "| popularity | record | record-level, max over users | 2 |" in table
     assert "| popularity | none | none (no DP) | inf |" in table
     assert "ndcg@10 / no DP" in table.splitlines()[0]
@@ -219,9 +219,10 @@ def test_a_budget_recipe_replaces_the_modes_recipe_up_to_its_bound():
 def test_sweep_table_gives_the_first_metric_as_a_ratio_of_the_non_private_run():
     from fedrec.jobs.sweep import markdown
 
-    def entry(mode: str, eps: float, ndcg: float, model: str = "mf") -> dict:
+    def entry(mode: str, eps: float, ndcg: float, run: str = "federated") -> dict:
         return {
-            "model": model,
+            "run": run,
+            "recipe": "-",
             "mode": mode,
             "guarantee": mode,
             "target_epsilon": eps,

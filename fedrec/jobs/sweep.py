@@ -3,10 +3,10 @@
 Writes ``sweep.csv``, ``sweep.md`` (mean ± std over seeds) and ``pareto.png`` (ε on a log axis
 against each metric, one line per mode, error bars over seeds) in the run directory.
 
-Beside every MF point the sweep puts the most-popular ranking released under the same guarantee
-and budget (``references: [popularity]``, :mod:`fedrec.jobs.popularity`): a private model that
-scores below it has bought nothing with its budget, and the exact popularity ranking (ε = ∞)
-shows how much of the non-private model's score needs no personalization at all.
+Beside every federated point the sweep puts the most-popular ranking released under the same
+guarantee and budget (``references: [popularity]``, :mod:`fedrec.jobs.popularity`): a private
+model that scores below it has bought nothing with its budget, and the exact popularity ranking
+(ε = ∞) shows how much of the non-private model's score needs no personalization at all.
 
 The two modes' ε are different guarantees and the table says which: ``record`` is per user
 about one interaction (each device solves its own σ for the budget; ε spent is the largest over
@@ -67,7 +67,8 @@ SWEEP_MODES: dict[str, SweepMode] = {
     ),
 }
 MODES = tuple(m for m in SWEEP_MODES if m != "none")
-MODELS = {"mf": "matrix factorization (federated run)", "popularity": "most popular (reference)"}
+# What a row is: a fedrec federation (``fedrec simulate``), or a reference computed in process.
+RUNS = ("federated", "popularity")
 REFERENCES = ("popularity",)
 
 
@@ -162,7 +163,7 @@ def run_sweep(cfg: SweepJobConfig, run_dir: str | Path) -> dict[str, float]:
         started = time.perf_counter()
         final = run_simulate(sim_cfg, point_dir)
         recipe = " ".join(recipe_for(cfg, mode, eps)) or "-"
-        rows.append(_row("mf", mode, eps, seed, final, started, cfg) | {"recipe": recipe})
+        rows.append(_row("federated", mode, eps, seed, final, started, cfg) | {"recipe": recipe})
         if "popularity" in cfg.references:
             started = time.perf_counter()
             final = popularity_point(sim_cfg, mode, eps, seed)
@@ -175,16 +176,16 @@ def run_sweep(cfg: SweepJobConfig, run_dir: str | Path) -> dict[str, float]:
     (run_dir / "sweep.md").write_text(markdown(summary, cfg.metrics))
     plot(summary, cfg.metrics, run_dir / "pareto.png")
     RunRecorder(run_dir).write_summary({"job": "sweep", "points": summary})
-    best = max((s for s in summary if s["model"] == "mf"), key=lambda s: s["target_epsilon"])
+    best = max((s for s in summary if s["run"] == "federated"), key=lambda s: s["target_epsilon"])
     return {m: best[f"{m}_mean"] for m in cfg.metrics}
 
 
 def _row(
-    model: str, mode: str, eps: float, seed: int, final: dict, started: float, cfg: SweepJobConfig
+    run: str, mode: str, eps: float, seed: int, final: dict, started: float, cfg: SweepJobConfig
 ) -> dict:
-    epsilon_key = "epsilon_spent" if model == "popularity" else SWEEP_MODES[mode].epsilon_key
+    epsilon_key = "epsilon_spent" if run == "popularity" else SWEEP_MODES[mode].epsilon_key
     row = {
-        "model": model,
+        "run": run,
         "mode": mode,
         "target_epsilon": eps,
         "seed": seed,
@@ -195,7 +196,7 @@ def _row(
     row |= {m: final.get(m, math.nan) for m in cfg.metrics}
     logger.info(
         "sweep point %s %s ε=%g seed %d: %s",
-        model,
+        run,
         mode,
         eps,
         seed,
@@ -205,18 +206,16 @@ def _row(
 
 
 def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
-    """Mean and std over seeds per (model, mode, ε); MF rows first, as they ran."""
+    """Mean and std over seeds per (run, mode, ε); the federated rows first."""
     groups: dict[tuple[str, str, float], list[dict]] = {}
     for row in rows:
-        model = row.get("model", "mf")
-        groups.setdefault((model, row["mode"], row["target_epsilon"]), []).append(row)
-    order = {name: rank for rank, name in enumerate(MODELS)}
+        groups.setdefault((row["run"], row["mode"], row["target_epsilon"]), []).append(row)
     summary = []
-    for (model, mode, eps), members in sorted(
-        groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1], kv[0][2])
+    for (run, mode, eps), members in sorted(
+        groups.items(), key=lambda kv: (RUNS.index(kv[0][0]), kv[0][1], kv[0][2])
     ):
         entry = {
-            "model": model,
+            "run": run,
             "mode": mode,
             "guarantee": SWEEP_MODES[mode].guarantee,
             "target_epsilon": eps,
@@ -232,22 +231,23 @@ def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
 
 
 def markdown(summary: list[dict], metrics: list[str]) -> str:
-    """The table, with the first metric also as a ratio of the non-private MF run's (the goals
-    of the privacy issue are stated that way); "–" when the sweep has no ε = ∞ MF run."""
+    """The table, with the first metric also as a ratio of the non-private federation's (the
+    goals of the privacy issue are stated that way); "–" when the sweep has no ε = ∞ federation.
+    """
     baseline = next(
         (
             s[f"{metrics[0]}_mean"]
             for s in summary
-            if s["mode"] == "none" and s.get("model", "mf") == "mf"
+            if s["mode"] == "none" and s["run"] == "federated"
         ),
         None,
     )
-    header = ["model", "mode", "ε refers to", "target ε", "ε spent", *metrics]
+    header = ["run", "mode", "ε refers to", "target ε", "ε spent", *metrics]
     header += [f"{metrics[0]} / no DP", "wall (s)", "seeds", "recipe"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         cells = [
-            s.get("model", "mf"),
+            s["run"],
             s["mode"],
             s["guarantee"],
             f"{s['target_epsilon']:g}",
@@ -256,16 +256,15 @@ def markdown(summary: list[dict], metrics: list[str]) -> str:
         cells += [f"{s[f'{m}_mean']:.4f} ± {s[f'{m}_std']:.4f}" for m in metrics]
         ratio = s[f"{metrics[0]}_mean"] / baseline if baseline else None
         cells.append("–" if ratio is None else f"{ratio:.2f}")
-        recipe = s.get("recipe", "-")
         cells += [f"{s['wall_time_s_mean']:.0f}", str(s["seeds"])]
-        cells.append(f"`{recipe}`" if recipe != "-" else "-")
+        cells.append(f"`{s['recipe']}`" if s["recipe"] != "-" else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict], metrics: list[str], path: Path) -> None:
-    """ε (log axis) against each metric: one solid line per DP mode of the MF model, the
-    popularity reference in the same colour dotted; the non-private runs are horizontal lines."""
+    """ε (log axis) against each metric: one solid line per DP mode of the federation, the
+    popularity reference in the same colour dotted; the non-private rows are horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,9 +274,9 @@ def plot(summary: list[dict], metrics: list[str], path: Path) -> None:
     colours = {mode: f"C{rank}" for rank, mode in enumerate(modes)}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for model, style in (("mf", "-"), ("popularity", ":")):
+        for run, style in (("federated", "-"), ("popularity", ":")):
             for mode in modes:
-                points = [s for s in summary if s["mode"] == mode and s.get("model", "mf") == model]
+                points = [s for s in summary if s["mode"] == mode and s["run"] == run]
                 if not points:
                     continue
                 label = f"{mode}-level DP (ε per {SWEEP_MODES[mode].protects})"
@@ -285,20 +284,20 @@ def plot(summary: list[dict], metrics: list[str], path: Path) -> None:
                     [s["target_epsilon"] for s in points],
                     [s[f"{metric}_mean"] for s in points],
                     yerr=[s[f"{metric}_std"] for s in points],
-                    marker="o" if model == "mf" else "s",
+                    marker="o" if run == "federated" else "s",
                     markersize=4,
                     linestyle=style,
                     color=colours[mode],
                     capsize=3,
-                    label=label if model == "mf" else f"most popular, {label}",
+                    label=label if run == "federated" else f"most popular, {label}",
                 )
         for s in (s for s in summary if s["mode"] == "none"):
-            mf = s.get("model", "mf") == "mf"
+            federated = s["run"] == "federated"
             ax.axhline(
                 s[f"{metric}_mean"],
-                linestyle="--" if mf else ":",
+                linestyle="--" if federated else ":",
                 color="grey",
-                label="no DP (ε = ∞)" if mf else "most popular, no DP",
+                label="no DP (ε = ∞)" if federated else "most popular, no DP",
             )
         ax.set_xscale("log")
         ax.set_xlabel("target ε")
