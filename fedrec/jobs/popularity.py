@@ -5,7 +5,8 @@ released with the mechanism of :mod:`fedrec.privacy.popularity` under the same g
 budget, then scored by every user on their own test items exactly as the devices score the MF
 model (full ranking without their training items, plus the sampled metrics). It is computed in
 process: one release per user, no training, no Flower round; each device's noise is drawn from
-its own generator, seeded by (run seed, user key), as the simulated devices' noise is.
+its own generator, seeded by (run seed, user key) as the simulated devices' noise is (a
+negative seed: fresh entropy, as in ``fedrec simulate``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def popularity_point(
         for key, data in users:
             ledger = PrivacyLedger(privacy.accountant, privacy.delta)
             ledger.check_budget(epsilon, sigma, RELEASE_SAMPLE_RATE, RELEASE_STEPS)
-            rng = np.random.default_rng([max(seed, 0), key])
+            rng = _generator(seed, key)
             counts += record_level_counts(data.train_items, num_items, sigma, rng)
             spent = max(spent, ledger.charge(1, sigma, RELEASE_SAMPLE_RATE, RELEASE_STEPS).epsilon)
     else:
@@ -61,8 +62,8 @@ def popularity_point(
             delta=privacy.delta,
             accountant=privacy.accountant,
         )
-        rng = np.random.default_rng(max(seed, 0))
-        counts = user_level_counts([d.train_items for _, d in users], num_items, z, rng)
+        logs = [data.train_items for _, data in users]
+        counts = user_level_counts(logs, num_items, z, _generator(seed, None))
     scored = [
         ranking_metrics_for_user(
             counts,
@@ -76,3 +77,9 @@ def popularity_point(
         if len(data.test_items)
     ]
     return average_over_users(scored) | {"epsilon_spent": spent}
+
+
+def _generator(seed: int, key: int | None) -> np.random.Generator:
+    if seed < 0:
+        return np.random.default_rng()
+    return np.random.default_rng([seed] if key is None else [seed, key])
