@@ -85,7 +85,8 @@ def load_checkpoint(path: str | Path) -> ServerCheckpoint:
         moments=moments,
         python_random=state["python_random"],
         user_level=state["user_level"],
-        privacy_tally=state["privacy_tally"],
+        # A checkpoint written before the tally existed holds only [kind, key, ε] rows.
+        privacy_tally=state.get("privacy_tally") or {"epsilon": state.get("epsilon_by_client", [])},
         rows=state["rows"],
     )
 
