@@ -110,6 +110,13 @@ def test_dp_rounds_equal_the_opacus_device_round(optimizer: str, explicit: bool)
     )
 
 
+def test_the_one_release_popularity_round_equals_the_opacus_device_round() -> None:
+    # Positives only, one full-batch step (sampling rate 1): the popularity recipe's round.
+    training = LocalTrainingSpec(epochs=1, batch_size=5000, lr=1.0, num_negatives=0)
+    privacy = PrivacySpec(mode="record", noise_multiplier=2.0, max_grad_norm=0.5)
+    _compare(_items(40, 8, False), _users(40, False), training, privacy, False, rounds=1)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_non_private_rounds_equal_the_device_round(optimizer: str) -> None:
     training = LocalTrainingSpec(

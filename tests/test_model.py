@@ -106,5 +106,10 @@ def test_bad_training_settings_are_refused():
         TrainSpec(optimizer="lbfgs")
     with pytest.raises(ValueError, match="lr=0"):
         TrainSpec(lr=0)
-    with pytest.raises(ValueError, match="num_negatives"):
-        Objective(explicit=False, num_negatives=0, num_items=5)
+    with pytest.raises(ValueError, match="num_negatives=-1"):
+        Objective(explicit=False, num_negatives=-1, num_items=5)
+    # 0 negatives: the positive alone (the one-release popularity recipe's objective)
+    candidates, targets = Objective(
+        explicit=False, num_negatives=0, num_items=5
+    ).inputs_and_targets(torch.tensor([3, 1]), torch.ones(2), None)
+    assert candidates.tolist() == [[3], [1]] and targets.tolist() == [[1.0], [1.0]]

@@ -5,7 +5,10 @@ items drawn uniformly from the catalogue on the spot (an item the user did inter
 drawn, with probability about |log| / |items|; excluding them would make one example's gradient
 depend on the user's other records, which the DP-SGD sensitivity argument does not allow).
 Keeping the negatives inside the example means per-sample clipping bounds an interaction and
-its negatives together.
+its negatives together. ``num_negatives=0`` scores the positive alone: every step only raises
+the scores of the user's own items, which is useless for ordinary training but is exactly the
+one-release popularity recipe (one full-batch step: the released bias update is the user's item
+indicator; ``configs/experiment/ml100k_federated_private_popularity.yaml``).
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ class Objective:
     def __init__(
         self, *, explicit: bool, num_negatives: int, num_items: int, l2: float = 0.0
     ) -> None:
-        if not explicit and num_negatives < 1:
-            raise ValueError("implicit training needs num_negatives >= 1")
+        if num_negatives < 0:
+            raise ValueError(f"num_negatives={num_negatives}; expected >= 0")
         if l2 < 0:
             raise ValueError(f"l2={l2}; expected >= 0")
         self.explicit = explicit
