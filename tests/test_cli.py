@@ -214,6 +214,8 @@ def test_a_budget_recipe_replaces_the_modes_recipe_up_to_its_bound():
         SweepJobConfig(budget_overrides={"none": []})
     with pytest.raises(ValueError, match="up_to must be a finite"):
         SweepJobConfig(budget_overrides={"record": [BudgetRecipe(math.inf, [])]})
+    with pytest.raises(ValueError, match="unknown keys \\['upto'\\]; expected up_to, overrides"):
+        SweepJobConfig(budget_overrides={"record": [{"upto": 4, "overrides": []}]})
 
 
 def test_sweep_table_gives_the_first_metric_as_a_ratio_of_the_non_private_run():

@@ -113,7 +113,7 @@ class SweepJobConfig:
             )
         for mode, recipes in self.budget_overrides.items():
             # Hydra hands nested entries over as plain dicts: type them here, once.
-            recipes[:] = [r if isinstance(r, BudgetRecipe) else BudgetRecipe(**r) for r in recipes]
+            recipes[:] = [_budget_recipe(mode, r) for r in recipes]
             if any(not r.up_to > 0 or math.isinf(r.up_to) for r in recipes):
                 raise ValueError(
                     f"sweep.budget_overrides.{mode}: up_to must be a finite ε > 0 (the mode's "
@@ -123,6 +123,17 @@ class SweepJobConfig:
             raise ValueError("sweep.epsilons must be positive numbers (inf for no DP)")
         if not self.seeds:
             raise ValueError("sweep.seeds must not be empty")
+
+
+def _budget_recipe(mode: str, entry: BudgetRecipe | dict) -> BudgetRecipe:
+    if isinstance(entry, BudgetRecipe):
+        return entry
+    unknown = sorted(set(entry) - {"up_to", "overrides"})
+    if unknown:
+        raise ValueError(
+            f"sweep.budget_overrides.{mode}: unknown keys {unknown}; expected up_to, overrides"
+        )
+    return BudgetRecipe(**entry)
 
 
 def recipe_for(cfg: SweepJobConfig, mode: str, eps: float) -> list[str]:
