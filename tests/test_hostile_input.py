@@ -222,6 +222,9 @@ def _sent_config(**changes) -> dict:
         ({"training.steal": 1}, "unknown config key 'training.steal'"),
         ({"upload_user_embedding": True}, "unknown config key"),
         ({"model.embedding_dim": 10**9}, "embedding_dim"),
+        ({"model.embedding_dim": 0}, "embedding_dim=0"),
+        ({"model.init_std": 0.0}, "init_std=0.0"),
+        ({"model.init_std": float("nan")}, "init_std=nan"),
     ],
 )
 def test_device_refuses_absurd_round_settings(changes, reason):

@@ -105,13 +105,11 @@ def parse_round_config(config: dict[str, Any]) -> RoundSettings:
         typed = {key: kind(scalars[key]) for key, kind in _SCALARS.items()}
     except (TypeError, ValueError) as err:
         raise RoundRefused(f"bad config: {err}") from None
-    model = built["model"]
-    if not 1 <= model.embedding_dim <= MAX_EMBEDDING_DIM:
+    model = built["model"]  # ModelSpec itself refuses init_std outside (0, 10] and dim < 1
+    if model.embedding_dim > MAX_EMBEDDING_DIM:
         raise RoundRefused(
             f"model.embedding_dim={model.embedding_dim}; expected 1..{MAX_EMBEDDING_DIM}"
         )
-    if not 0 < model.init_std <= 10:
-        raise RoundRefused(f"model.init_std={model.init_std}; expected 0 < init_std <= 10")
     return RoundSettings(
         model=built["model"],
         training=built["training"],
