@@ -48,13 +48,14 @@ def popularity_point(
         counts = sum(item_indicator(data.train_items, num_items) for _, data in users)
     elif mode == "record":
         sigma = release_noise_multiplier(epsilon, privacy.delta, privacy.accountant)
+        # Every device's ledger gets the same single entry (σ, 1, 1 step): charge it once.
+        ledger = PrivacyLedger(privacy.accountant, privacy.delta)
+        ledger.check_budget(epsilon, sigma, RELEASE_SAMPLE_RATE, RELEASE_STEPS)
+        spent = ledger.charge(1, sigma, RELEASE_SAMPLE_RATE, RELEASE_STEPS).epsilon
         counts = np.zeros(num_items)
         for key, data in users:
-            ledger = PrivacyLedger(privacy.accountant, privacy.delta)
-            ledger.check_budget(epsilon, sigma, RELEASE_SAMPLE_RATE, RELEASE_STEPS)
             rng = _generator(seed, key)
             counts += record_level_counts(data.train_items, num_items, sigma, rng)
-            spent = max(spent, ledger.charge(1, sigma, RELEASE_SAMPLE_RATE, RELEASE_STEPS).epsilon)
     else:
         z = release_noise_multiplier(epsilon, privacy.delta, privacy.accountant)
         spent = epsilon_spent(

@@ -231,7 +231,7 @@ def summarize(rows: list[dict], metrics: list[str]) -> list[dict]:
             "guarantee": SWEEP_MODES[mode].guarantee,
             "target_epsilon": eps,
             "seeds": len(members),
-            "recipe": members[0].get("recipe", "-"),
+            "recipe": members[0]["recipe"],
         }
         for name in [*metrics, "epsilon_spent", "wall_time_s"]:
             values = [m[name] for m in members]
