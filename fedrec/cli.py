@@ -100,6 +100,7 @@ def _run_command(command: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
+    from fedrec.console import route_logs
     from fedrec.data.errors import DataError
     from fedrec.run_dir import RunRecorder
 
@@ -108,6 +109,7 @@ def _run_command(command: str) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
     def entry(cfg: DictConfig) -> float | None:
+        route_logs()
         try:
             typed = OmegaConf.to_object(cfg)
         except Exception as err:  # omegaconf raises its own validation types
@@ -138,7 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    sys.argv = [f"fedrec {command}", *args[1:]]
+    # The run directory's log file is named after the command (simulate.log), not after cli.py.
+    job_name = (
+        [] if any(a.startswith("hydra.job.name=") for a in args) else [f"hydra.job.name={command}"]
+    )
+    sys.argv = [f"fedrec {command}", *args[1:], *job_name]
     _run_command(command)
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ML100K_SHAPED, ML100K_SHAPED_SPEC
 
 from fedrec.audit.active import bias_silencing_table
 from fedrec.audit.attacks import roc_auc
@@ -16,7 +17,7 @@ from fedrec.audit.clients import LocalRecipe, SimulatedClients
 from fedrec.audit.run import AuditFederationSpec, AuditSetting, run_setting, setting_privacy
 from fedrec.cli import compose
 from fedrec.client.table_check import ImplausibleTable, check_item_table
-from fedrec.data import DatasetSpec, load_split
+from fedrec.data import load_split
 from fedrec.jobs.audit import AuditJobConfig, run_audit
 from fedrec.model import ModelSpec
 from fedrec.model.mf import MatrixFactorization
@@ -52,7 +53,7 @@ def test_roc_auc_by_hand_with_ties():
 def tiny():
     """20 audited ML-100K users, 10 shadow users, the seeded initial table."""
     torch.set_num_threads(1)
-    split = load_split(DatasetSpec(name="movielens_100k"))
+    split = load_split(ML100K_SHAPED_SPEC)
     order = np.random.default_rng(0).permutation(split.train.num_users)
     initial = MatrixFactorization(
         1, split.train.num_items, 16, init_std=0.1, generator=torch.Generator().manual_seed(0)
@@ -142,6 +143,7 @@ def test_audit_job_writes_table_and_plot(tmp_path):
     cfg = compose(
         "audit",
         [
+            *ML100K_SHAPED,
             "modes=[none,record]",
             "epsilons=[2]",
             "federation.num_clients=10",

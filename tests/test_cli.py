@@ -87,6 +87,46 @@ def test_bad_input_exits_with_a_message_not_a_traceback(tmp_path):
     assert "missing.csv: file not found" in output and "Traceback" not in output
 
 
+def _play_count_log(path, separator):
+    """12 users × 6 artists with play counts: ``user item plays``, the HetRec Last.fm shape."""
+    rows = ["user", "item", "plays"]
+    lines = [separator.join(rows)]
+    for user in range(12):
+        for item in range(6):
+            if (user + item) % 3:
+                lines.append(separator.join([f"u{user}", f"artist{item}", str(1 + user * item)]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "options"),
+    [
+        # what a shell passes for separator='\t' (backslash, t), and the same quoted for hydra
+        ("plays.txt", ["dataset.options.separator=\\t"]),
+        ("plays.txt", ["dataset.options.separator='\\t'"]),
+        ("plays.txt", ["dataset.options.separator=tab"]),
+        ("plays.tsv", []),  # .tsv means tabs
+    ],
+)
+def test_a_tab_separated_log_loads_through_the_fedrec_command(tmp_path, file_name, options):
+    _play_count_log(tmp_path / file_name, "\t")
+    done = run_cli(
+        tmp_path / "run",
+        "dataset=generic",
+        f"dataset.path={tmp_path / file_name}",
+        "dataset.options.rating_column=plays",
+        "dataset.positive_threshold=2",
+        "dataset.split.name=random_leave_one_out",
+        "dataset.split.num_negatives=1",
+        "training.epochs=1",
+        "eval_every_epochs=1",
+        *options,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_items"] == 6 and summary["num_users"] == 11  # u0 has no count >= 2
+
+
 def test_usage_lists_the_commands():
     done = subprocess.run([sys.executable, "-m", "fedrec.cli"], capture_output=True, text=True)
     assert "train" in done.stdout and Path(str(config_dir())).name in done.stdout
@@ -249,3 +289,22 @@ def test_sweep_table_gives_the_first_metric_as_a_ratio_of_the_non_private_run():
     assert [line.split(" | ")[6] for line in alone[2:]] == ["–", "–"]
     zero = markdown([entry("none", math.inf, 0.0), entry("record", 8, 0.0)], ["ndcg@10"])
     assert zero.splitlines()[3].split(" | ")[6] == "–"
+
+
+def test_simulate_prints_each_event_once_and_logs_everything_in_the_run_dir(tmp_path):
+    done = run_cli(
+        tmp_path,
+        "federation.num_clients=4",
+        "federation.clients_per_round=4",
+        "federation.rounds=1",
+        "federation.ray_cpus=2",
+        command="simulate",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    console = (done.stdout + done.stderr).splitlines()
+    flower_events = [line for line in console if "configure_train: Sampled" in line]
+    assert len(flower_events) == 1, "\n".join(console)  # Flower's own handler no longer echoes
+    assert sum("round 1/1" in line for line in console) == 1
+    assert not any("[DEBUG]" in line or "DEPRECATED FEATURE" in line for line in console)
+    log = (tmp_path / "simulate.log").read_text()
+    assert "configure_train: Sampled" in log and "[DEBUG]" in log  # the full Flower log

@@ -130,7 +130,7 @@ def _federation(tmp_path, engine: str, extra: list[str]):
     from fedrec.jobs.simulate import run_simulate
 
     overrides = [
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "federation.num_clients=15",  # 7 and 8 users on the two nodes
         "federation.clients_per_round=15",
         "federation.rounds=2",

@@ -24,7 +24,7 @@ from fedrec.server.app import initial_item_arrays
 
 DELTA = 1e-5
 SMALL = [
-    "dataset=ml100k",
+    "dataset=synthetic_ml100k",
     "model.embedding_dim=8",
     "federation.local.epochs=1",
     "federation.local.optimizer=adam",

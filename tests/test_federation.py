@@ -87,7 +87,7 @@ def read_rounds(run_dir):
 
 
 FEDERATION = [
-    "dataset=ml100k",
+    "dataset=synthetic_ml100k",
     "federation.num_clients=100",
     "federation.clients_per_round=100",
     "federation.rounds=4",
@@ -153,7 +153,7 @@ def test_clients_send_only_item_side_tensors_and_scalars(plain_run):
 def private_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("private")
     overrides = [
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "privacy=record",
         "federation.num_clients=8",
         "federation.clients_per_round=8",
@@ -222,7 +222,7 @@ def test_users_at_budget_sit_out_and_the_run_finishes(tmp_path, engine):
     # four users train in round 1 only and report budget_exhausted in rounds 2 and 3.
     overrides = [
         f"federation.engine={engine}",
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "privacy=budget",
         "privacy.target_epsilon=4",
         "privacy.planned_rounds=1",

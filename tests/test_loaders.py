@@ -56,6 +56,48 @@ def test_generic_tsv_with_string_ids_and_iso_dates(tmp_path):
     assert log.timestamps[0] == np.datetime64("2024-01-02T10:00:00", "s").astype(np.int64)
 
 
+TAB_LOG = "user\titem\tplays\nu1\ta\t3\nu1\tb\t12\nu2\ta\t1\n"
+
+
+@pytest.mark.parametrize("typed", ["\\t", "tab", "TAB", "\t", None])
+def test_tab_separator_as_typed_on_a_command_line(tmp_path, typed):
+    """A shell gives ``separator='\\t'`` as backslash-t; 'tab' and no separator at all (the file
+    tells) work too."""
+    path = tmp_path / "log.txt"
+    path.write_text(TAB_LOG)
+    log = LOADERS.get("generic")(path, separator=typed, rating_column="plays")
+    assert (len(log), log.num_users, log.num_items) == (3, 2, 2)
+    assert list(log.ratings) == [3.0, 12.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_users"),
+    [
+        ("user,item\nu1,a\nu2,b\n", 2),
+        ("user;item\nu1;a\nu1;b\n", 1),
+        ("user item weight\n1 10 3\n2 11 5\n3 10 1\n", 3),
+        ("user::item\n1::10\n2::10\n", 2),
+    ],
+)
+def test_separator_is_sniffed_when_not_given(tmp_path, text, expected_users):
+    path = tmp_path / "log.dat"
+    path.write_text(text)
+    assert LOADERS.get("generic")(path).num_users == expected_users
+
+
+def test_a_tsv_file_is_read_with_tabs_even_if_commas_appear(tmp_path):
+    path = tmp_path / "log.tsv"
+    path.write_text("user\titem\nsmith, j.\ta\nlee, k.\tb\n")
+    assert list(LOADERS.get("generic")(path).user_ids) == ["lee, k.", "smith, j."]
+
+
+def test_an_unsniffable_file_says_which_option_to_set(tmp_path):
+    path = tmp_path / "log.txt"
+    path.write_text("useritem\nu1a\n")
+    with pytest.raises(DataError, match="set dataset.options.separator"):
+        LOADERS.get("generic")(path)
+
+
 def test_generic_without_header_uses_given_columns(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("u1;i1;4\nu2;i1;5\n")

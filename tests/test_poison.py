@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ML100K_SHAPED, ML100K_SHAPED_SPEC
 
 from fedrec.attack.poisoners import AttackSpec, pick_target
 from fedrec.attack.run import PoisonFederationSpec, run_poisoned_federation
 from fedrec.audit.clients import LocalRecipe, SimulatedClients
 from fedrec.cli import compose, config_dir
-from fedrec.data import DatasetSpec, load_split
+from fedrec.data import load_split
 from fedrec.jobs.poison import PoisonJobConfig, run_poison
 from fedrec.model import ModelSpec
 from fedrec.model.mf import MatrixFactorization
@@ -23,7 +24,7 @@ from fedrec.server.defenses import DefenseSpec, aggregate
 @pytest.fixture(scope="module")
 def federation():
     torch.set_num_threads(1)
-    split = load_split(DatasetSpec(name="movielens_100k"))
+    split = load_split(ML100K_SHAPED_SPEC)
     users = np.sort(np.random.default_rng(0).choice(split.train.num_users, 40, replace=False))
     popularity = np.bincount(split.train.items, minlength=split.train.num_items)
     initial = MatrixFactorization(
@@ -116,6 +117,7 @@ def test_poison_job_writes_its_run_directory(tmp_path):
     cfg = compose(
         "poison",
         [
+            *ML100K_SHAPED,
             "attack=pipattack",
             "defense=median",
             "federation.num_clients=10",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ML100K_SHAPED_SPEC
 from flwr.app import RecordDict
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedrec.client.device_state import load_device_state, store_device_state
 from fedrec.client.trainer import DeviceState, LocalData, LocalTrainingSpec, train_round
-from fedrec.data import DatasetSpec, load_split
+from fedrec.data import load_split
 from fedrec.data.user_logs import user_row_groups
 from fedrec.model import MatrixFactorization, ModelSpec
 from fedrec.privacy import PrivacySpec, epsilon_spent
@@ -17,8 +18,8 @@ from fedrec.privacy.ledger import PrivacyBudgetExhausted, PrivacyLedger
 
 
 @pytest.fixture(scope="module")
-def ml100k_users():
-    split = load_split(DatasetSpec(name="movielens_100k"))
+def shaped_users():
+    split = load_split(ML100K_SHAPED_SPEC)
     groups = user_row_groups(split.train)
     return split.train.num_items, [split.train.items[groups[u]] for u in range(5)]
 
@@ -47,8 +48,8 @@ def rounds_of(items, num_items, privacy, count, batch_size=32, state=None, first
 @pytest.mark.parametrize(
     ("accountant", "reference"), [("rdp", RDPAccountant), ("prv", PRVAccountant)]
 )
-def test_ledger_epsilon_equals_a_fresh_opacus_accountant(ml100k_users, accountant, reference):
-    num_items, users = ml100k_users
+def test_ledger_epsilon_equals_a_fresh_opacus_accountant(shaped_users, accountant, reference):
+    num_items, users = shaped_users
     privacy = PrivacySpec(mode="record", noise_multiplier=1.1, accountant=accountant)
     state, results = rounds_of(users[0], num_items, privacy, 3)
     ledger = state.ledger
@@ -60,8 +61,8 @@ def test_ledger_epsilon_equals_a_fresh_opacus_accountant(ml100k_users, accountan
     assert results[0].epsilon < results[1].epsilon < results[2].epsilon
 
 
-def test_a_user_at_budget_stops_before_training(ml100k_users):
-    num_items, users = ml100k_users
+def test_a_user_at_budget_stops_before_training(shaped_users):
+    num_items, users = shaped_users
     spent = [r.epsilon for r in rounds_of(users[1], num_items, PrivacySpec(mode="record"), 2)[1]]
     budget = (spent[0] + spent[1]) / 2  # room for one round, not two
     privacy = PrivacySpec(mode="record", target_epsilon=budget)
@@ -71,16 +72,16 @@ def test_a_user_at_budget_stops_before_training(ml100k_users):
     assert len(state.ledger.entries) == 1 and state.ledger.epsilon <= budget
 
 
-def test_changing_delta_mid_run_is_refused(ml100k_users):
-    num_items, users = ml100k_users
+def test_changing_delta_mid_run_is_refused(shaped_users):
+    num_items, users = shaped_users
     state, _ = rounds_of(users[2], num_items, PrivacySpec(mode="record"), 1)
     changed = PrivacySpec(mode="record", delta=1e-6)
     with pytest.raises(ValueError, match="privacy settings changed mid-run"):
         rounds_of(users[2], num_items, changed, 1, state=state, first_round=2)
 
 
-def test_device_state_round_trips_through_flower_records(ml100k_users):
-    num_items, users = ml100k_users
+def test_device_state_round_trips_through_flower_records(shaped_users):
+    num_items, users = shaped_users
     state, _ = rounds_of(users[3], num_items, PrivacySpec(mode="record"), 2)
     records = RecordDict()
     store_device_state(records, state)

@@ -206,7 +206,7 @@ def test_a_round_in_which_every_device_sits_out_is_skipped(tmp_path):
     overrides = [
         *BASE,
         *SECAGG,
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "federation.rounds=2",
         "faults.dropout_rate=0.0",
         "privacy=budget",

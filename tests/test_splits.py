@@ -1,4 +1,5 @@
-"""Every split rule on the real ML-100K log and on hand-made logs where the answer is known."""
+"""Every split rule on hand-made logs where the answer is known, on the ML-100K-shaped log, and
+leave-one-out on the real ML-100K file."""
 
 from __future__ import annotations
 
@@ -43,6 +44,32 @@ def test_leave_one_out_on_ml100k(ml100k_log):
     assert np.array_equal(split.test.timestamps[np.argsort(split.test.users)], latest)
 
 
+def test_random_leave_one_out_holds_out_one_seeded_row_per_user_without_timestamps():
+    log = small_log()
+    untimed = build_log(
+        log.user_ids[log.users], log.item_ids[log.items], log.ratings, None, source="untimed"
+    )
+    with pytest.raises(DataError, match="random_leave_one_out"):
+        make_split(untimed, "leave_one_out", num_negatives=1)
+    first = make_split(untimed, "random_leave_one_out", seed=5, num_negatives=1)
+    assert np.array_equal(
+        first.test.items,
+        make_split(untimed, "random_leave_one_out", seed=5, num_negatives=1).test.items,
+    )
+    counts = np.bincount(first.test.users, minlength=untimed.num_users)
+    sizes = np.bincount(untimed.users)
+    assert list(counts) == [int(n >= 2) for n in sizes]  # one per user who can spare one
+    held_out = [
+        {
+            items_of(
+                make_split(untimed, "random_leave_one_out", seed=s, num_negatives=1).test, "a"
+            )[0]
+            for s in range(30)
+        }
+    ][0]
+    assert len(held_out) > 1  # a different row for other seeds: random, not the last one
+
+
 def test_temporal_ratio_keeps_the_latest_fraction():
     split = make_split(small_log(), "temporal_ratio", test_ratio=0.5, num_negatives=1)
     assert items_of(split.test, "a") == [2, 3]  # the two rows at t=40
@@ -50,7 +77,8 @@ def test_temporal_ratio_keeps_the_latest_fraction():
     assert items_of(split.train, "c") == [7]
 
 
-def test_random_ratio_on_ml100k_is_per_user_and_seeded(ml100k_log):
+def test_random_ratio_is_per_user_and_seeded(ml100k_shaped_log):
+    ml100k_log = ml100k_shaped_log
     first = make_split(ml100k_log, "random_ratio", seed=3, test_ratio=0.2)
     again = make_split(ml100k_log, "random_ratio", seed=3, test_ratio=0.2)
     other = make_split(ml100k_log, "random_ratio", seed=4, test_ratio=0.2)
@@ -64,7 +92,8 @@ def test_random_ratio_on_ml100k_is_per_user_and_seeded(ml100k_log):
     assert len(first.train) + len(first.test) == len(ml100k_log)
 
 
-def test_negatives_are_fixed_by_seed_and_never_seen(ml100k_log):
+def test_negatives_are_fixed_by_seed_and_never_seen(ml100k_shaped_log):
+    ml100k_log = ml100k_shaped_log
     split = make_split(ml100k_log, "leave_one_out", seed=0, num_negatives=99)
     assert split.negatives.shape == (943, 99)
     for row, user in enumerate(split.negative_users):
@@ -75,7 +104,8 @@ def test_negatives_are_fixed_by_seed_and_never_seen(ml100k_log):
     assert np.array_equal(split.negatives, again.negatives)
 
 
-def test_split_round_trips_through_npz_without_pickle(tmp_path, ml100k_log):
+def test_split_round_trips_through_npz_without_pickle(tmp_path, ml100k_shaped_log):
+    ml100k_log = ml100k_shaped_log
     split = make_split(ml100k_log, "leave_one_out", seed=1)
     split.save(tmp_path / "split.npz")
     loaded = Split.load(tmp_path / "split.npz")

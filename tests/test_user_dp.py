@@ -146,7 +146,7 @@ def test_user_level_configs_are_typed_and_refuse_what_would_break_the_bound():
     with pytest.raises(Exception, match="user_clipnorm"):
         compose("simulate", ["privacy=user", "privacy.user_clipnorm=2"])
     tiny = [
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "privacy=user",
         "federation.num_clients=10",
         "federation.clients_per_round=5",
@@ -208,7 +208,7 @@ def user_run(tmp_path_factory):
     cfg = compose(
         "simulate",
         [
-            "dataset=ml100k",
+            "dataset=synthetic_ml100k",
             "privacy=user",
             f"privacy.user_clip_norm={CLIP}",
             f"privacy.user_noise_multiplier={Z}",
@@ -276,7 +276,7 @@ def test_both_modes_together_report_both_guarantees(tmp_path):
     audit = tmp_path / "updates"
     audit.mkdir()
     overrides = [
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "privacy=both",
         f"privacy.user_clip_norm={CLIP}",
         "federation.num_clients=8",
@@ -309,7 +309,7 @@ def test_rounds_without_sampled_clients_still_release_noise_with_fedadam(tmp_pat
     # q = 1/4 over 4 clients: some rounds sample nobody (Poisson sampling). Those rounds are
     # releases too (noise only), so the user-level ε grows every round, whoever took part.
     overrides = [
-        "dataset=ml100k",
+        "dataset=synthetic_ml100k",
         "privacy=user",
         "strategy=fedadam",
         "strategy.server_lr=0.01",

@@ -19,6 +19,7 @@ from fedrec.data.parse import (
     read_text,
     split_table,
 )
+from fedrec.data.separators import resolve_separator
 from fedrec.registry import Registry
 
 Loader = Callable[..., InteractionLog]
@@ -134,7 +135,7 @@ def load_movielens_csv(
 def load_generic(
     path: str | os.PathLike[str] | None = None,
     *,
-    separator: str = ",",
+    separator: str | None = None,
     header: bool = True,
     user_column: str = "user",
     item_column: str = "item",
@@ -147,8 +148,10 @@ def load_generic(
 ) -> InteractionLog:
     """Any CSV/TSV/Parquet log. Ids are kept as strings unless ``numeric_ids``.
 
-    Without a header, ``columns`` names the fields in order. A ``.parquet`` file needs pyarrow
-    (``pip install fedrec[parquet]``).
+    ``separator``: as typed (``','``, ``'\\t'`` or ``tab``, ``';'``, ``'::'``, ...; see
+    :mod:`fedrec.data.separators`); None: tab for a ``.tsv`` file, else read from the file's first
+    lines. Without a header, ``columns`` names the fields in order. A ``.parquet`` file needs
+    pyarrow (``pip install fedrec[parquet]``).
     """
     if path is None or str(path) == "":
         raise DataError("generic: set dataset.path to the interaction file")
@@ -157,10 +160,11 @@ def load_generic(
         return _load_parquet(
             resolved, user_column, item_column, rating_column, timestamp_column, on_duplicate
         )
+    text = read_text(resolved, encoding)
     table = split_table(
-        read_text(resolved, encoding),
+        text,
         name=resolved.name,
-        separator=separator,
+        separator=resolve_separator(separator, resolved, text),
         column_names=None if header else list(columns or []),
         header=header,
     )

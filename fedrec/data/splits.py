@@ -145,7 +145,11 @@ def draw_negatives(
 
 def _require_timestamps(log: InteractionLog, name: str) -> None:
     if log.timestamps is None:
-        raise DataError(f"{log.source}: split '{name}' needs timestamps; use 'random_ratio'")
+        raise DataError(
+            f"{log.source}: split '{name}' needs timestamps and this log has none; use "
+            "'random_leave_one_out' (one random held-out interaction per user, the protocol for "
+            "logs without time) or 'random_ratio'"
+        )
 
 
 @SPLITS.register("leave_one_out")
@@ -156,6 +160,19 @@ def leave_one_out(log: InteractionLog, rng: np.random.Generator, test_ratio: flo
     for rows in user_row_groups(log):
         if len(rows) >= 2:
             is_test[rows[-1]] = True
+    return is_test
+
+
+@SPLITS.register("random_leave_one_out")
+def random_leave_one_out(
+    log: InteractionLog, rng: np.random.Generator, test_ratio: float
+) -> np.ndarray:
+    """One interaction per user, drawn at random by seed, is the test item: leave-one-out for
+    logs without timestamps (play counts, likes, ``user item weight`` files)."""
+    is_test = np.zeros(len(log), dtype=bool)
+    for rows in user_row_groups(log):
+        if len(rows) >= 2:
+            is_test[rows[rng.integers(len(rows))]] = True
     return is_test
 
 

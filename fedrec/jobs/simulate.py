@@ -370,6 +370,8 @@ def run_simulate(
     else:
         client_app = build_client_app(source, mods=client_mods, state_store=store_path)
     ray_cpus = fed.ray_cpus or os.cpu_count() or 1
+    # Ray's notice that it will stop overriding CUDA_VISIBLE_DEVICES: we ask for no GPUs anyway.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
         server_app=server_app,
         client_app=client_app,
