@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import append_results
 
-from fedrec.cli import compose
+from fedrec.config import compose
 from fedrec.jobs.audit import run_audit
 
 

@@ -30,7 +30,7 @@ from peers import (  # noqa: E402
     surprise_svd_predict,
 )
 
-from fedrec.cli import compose  # noqa: E402
+from fedrec.config import compose  # noqa: E402
 from fedrec.data import load_split  # noqa: E402
 from fedrec.eval import evaluate_scores  # noqa: E402
 from fedrec.jobs.train import score_function  # noqa: E402

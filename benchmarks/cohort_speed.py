@@ -33,12 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, markdown_table  # noqa: E402
 from federation_scale import profile as per_user_profile  # noqa: E402
 
-from fedrec.cli import compose  # noqa: E402
-from fedrec.client.trainer import DeviceState  # noqa: E402
-from fedrec.cohort import CohortMember, train_cohort  # noqa: E402
-from fedrec.jobs.simulate import prepare_federation, round_settings, run_simulate  # noqa: E402
+from fedrec.config import compose  # noqa: E402
+from fedrec.jobs.simulate import (  # noqa: E402
+    initial_item_arrays,
+    prepare_federation,
+    round_settings,
+    run_simulate,
+)
 from fedrec.privacy.accounting import _rdp_of_one_step  # noqa: E402
-from fedrec.server.app import initial_item_arrays  # noqa: E402
+from fedrec.training.closed_form.engine import train_cohort  # noqa: E402
+from fedrec.training.state import (
+    CohortMember,
+    DeviceState,  # noqa: E402
+)
 
 PROFILE_GROUPS = {  # cProfile function name fragment → what it is
     "normal_": "Gaussian noise (per user, per step, every parameter)",
@@ -155,8 +162,8 @@ def main() -> None:
         *args.override,
     ]
     cfg = compose("simulate", overrides)
-    _, source, plan = prepare_federation(cfg)
-    items = initial_item_arrays(plan)
+    split, source, plan = prepare_federation(cfg)
+    items = initial_item_arrays(cfg, split.train.num_items)
     everyone = np.arange(len(source))
     sample = np.random.default_rng(0).choice(len(source), args.baseline_users, replace=False)
 

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, markdown_table  # noqa: E402
 
-from fedrec.cli import compose  # noqa: E402
+from fedrec.config import compose  # noqa: E402
 from fedrec.data import load_split  # noqa: E402
 from fedrec.eval import evaluate_scores  # noqa: E402
 from fedrec.jobs.simulate import run_simulate  # noqa: E402

@@ -29,26 +29,30 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, markdown_table  # noqa: E402
 
-import fedrec.client.trainer as trainer  # noqa: E402
-import fedrec.privacy.ledger as ledger  # noqa: E402
-from fedrec.cli import compose  # noqa: E402
-from fedrec.jobs.simulate import prepare_federation, round_settings, run_simulate  # noqa: E402
-from fedrec.server.app import initial_item_arrays  # noqa: E402
+import fedrec.privacy.accounting as accounting  # noqa: E402
+import fedrec.training.opacus_round as trainer  # noqa: E402
+from fedrec.config import compose  # noqa: E402
+from fedrec.jobs.simulate import (  # noqa: E402
+    initial_item_arrays,
+    prepare_federation,
+    round_settings,
+    run_simulate,
+)
 
 # (module, function) pairs timed by wrapping; epsilon_spent is cached per distinct history.
 PHASES = {
     "local_model": trainer,
     "make_private": trainer,
     "train_epoch": trainer,
-    "epsilon_spent": ledger,
+    "epsilon_spent": accounting,
 }
 
 
 def profile(cfg, users: int) -> tuple[dict[str, float], float, int]:
     """Mean seconds per client update, by phase, over ``users`` random users."""
-    _, source, plan = prepare_federation(cfg)
+    split, source, plan = prepare_federation(cfg)
     settings = round_settings(cfg)
-    items = initial_item_arrays(plan)
+    items = initial_item_arrays(cfg, split.train.num_items)
     spent: dict[str, float] = defaultdict(float)
     originals = {name: getattr(module, name) for name, module in PHASES.items()}
 

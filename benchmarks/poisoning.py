@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from common import append_results, markdown_table
 
-from fedrec.cli import compose
+from fedrec.config import compose
 from fedrec.data import load_split
 from fedrec.jobs.poison import run_poison
 

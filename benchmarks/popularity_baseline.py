@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, markdown_table  # noqa: E402
 
-from fedrec.cli import compose  # noqa: E402
+from fedrec.config import compose  # noqa: E402
 from fedrec.data import load_split, make_split  # noqa: E402
 from fedrec.eval import evaluate_scores  # noqa: E402
 

@@ -36,13 +36,14 @@ from flwr.app import Array, ArrayRecord
 from opacus.accountants import RDPAccountant
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import append_results, markdown_table  # noqa: E402
+from loopback import run_fedrec_cli  # noqa: E402
 
-from fedrec.cli import compose  # noqa: E402
-from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY  # noqa: E402
-from fedrec.client.state_store import DeviceStateStore  # noqa: E402
+from fedrec.config import compose  # noqa: E402
 from fedrec.jobs.simulate import STATE_STORE_FILE, prepare_federation, run_simulate  # noqa: E402
-from fedrec.loopback import run_fedrec_cli  # noqa: E402
+from fedrec.nodes.state_store import DeviceStateStore  # noqa: E402
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY  # noqa: E402
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")

@@ -14,8 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from fedrec.client import FedrecClient
 from fedrec.loopback import Processes, free_port, loopback_env, wait_for_port
+
+from fedrec.client import FedrecClient
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 400  # the synthetic "small" preset the ServerApp's config names

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_results, markdown_table  # noqa: E402
 
-from fedrec.cli import compose  # noqa: E402
+from fedrec.config import compose  # noqa: E402
 from fedrec.jobs.simulate import run_simulate  # noqa: E402
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from common import append_results, markdown_table
 
-from fedrec.audit.active import CRAFTED_TABLES
-from fedrec.audit.clients import LocalRecipe, SimulatedClients
-from fedrec.audit.run import AuditSetting, setting_privacy
-from fedrec.cli import compose
-from fedrec.client.table_check import ImplausibleTable, check_item_table
+from fedrec.config import compose
 from fedrec.data import load_split
+from fedrec.membership.active import CRAFTED_TABLES
+from fedrec.membership.run import AuditSetting, setting_privacy
 from fedrec.model.mf import random_item_arrays
+from fedrec.nodes.simulated import LocalRecipe, SimulatedClients
 from fedrec.privacy.user_level import noisy_mean, plan_user_level
+from fedrec.training.table_check import ImplausibleTable, check_item_table
 
 EPSILONS = (16.0, 8.0, 4.0, 1.0)
 

@@ -11,16 +11,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-CONFIG_DIR_ENV = "FEDREC_CONFIG_DIR"
+from fedrec.config.compose import CONFIG_DIR_ENV, compose, config_dir
+from fedrec.ops.commands import TOOLS
+
+__all__ = ["compose", "config_dir", "main"]
+
 logger = logging.getLogger("fedrec")
-
-
-def config_dir() -> Path:
-    override = os.environ.get(CONFIG_DIR_ENV)
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "configs"
 
 
 def _train_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
@@ -30,7 +28,8 @@ def _train_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
 
 
 def _simulate_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
-    from fedrec.jobs.simulate import SimulateJobConfig, run_simulate
+    from fedrec.config.simulate import SimulateJobConfig
+    from fedrec.jobs.simulate import run_simulate
 
     return SimulateJobConfig, run_simulate, "ndcg@10"
 
@@ -65,33 +64,14 @@ COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[..., dict[str, 
 def _usage() -> str:
     lines = ["usage: fedrec <command> [key=value ...] [-m for a sweep]", "", "commands:"]
     lines += [f"  {name:<10} {about}" for name, (about, _) in COMMANDS.items()]
+    lines += ["", "operator commands (fedrec <command> --help):"]
+    lines += [f"  {name:<10} {about}" for name, about in TOOLS.items()]
     lines += [
         "",
         f"configs: {config_dir()}  (override with ${CONFIG_DIR_ENV})",
         "see a command's config: fedrec <command> --cfg job",
     ]
     return "\n".join(lines)
-
-
-def compose(command: str, overrides: list[str] | None = None) -> Any:
-    """The typed config a command would run with, for scripts and tests (no run directory)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    schema = COMMANDS[command][1]()[0]
-    ConfigStore.instance().store(name=f"{command}_schema", node=schema)
-    if GlobalHydra.instance().is_initialized():
-        # Inside a running fedrec command (e.g. a sweep composing its runs): same search path.
-        cfg = hydra_compose(config_name=command, overrides=list(overrides or []))
-    else:
-        with initialize_config_dir(
-            version_base="1.3", config_dir=str(config_dir()), job_name=command
-        ):
-            cfg = hydra_compose(config_name=command, overrides=list(overrides or []))
-    return OmegaConf.to_object(cfg)
 
 
 def _run_command(command: str) -> None:
@@ -135,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     command = args[0]
+    if command in TOOLS:
+        from fedrec.ops.commands import run_tool
+
+        run_tool(command, args[1:])
+        return
     if command not in COMMANDS:
         print(f"fedrec: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)

@@ -10,18 +10,18 @@ import pytest
 import torch
 from conftest import ML100K_SHAPED, ML100K_SHAPED_SPEC
 
-from fedrec.audit.active import bias_silencing_table
-from fedrec.audit.attacks import roc_auc
-from fedrec.audit.bounds import auc_bound, tpr_bound
-from fedrec.audit.clients import LocalRecipe, SimulatedClients
-from fedrec.audit.run import AuditFederationSpec, AuditSetting, run_setting, setting_privacy
-from fedrec.cli import compose
-from fedrec.client.table_check import ImplausibleTable, check_item_table
+from fedrec.config import compose
 from fedrec.data import load_split
 from fedrec.jobs.audit import AuditJobConfig, run_audit
+from fedrec.membership.active import bias_silencing_table
+from fedrec.membership.attacks import roc_auc
+from fedrec.membership.bounds import auc_bound, tpr_bound
+from fedrec.membership.run import AuditFederationSpec, AuditSetting, run_setting, setting_privacy
 from fedrec.model import ModelSpec
 from fedrec.model.mf import MatrixFactorization
+from fedrec.nodes.simulated import LocalRecipe, SimulatedClients
 from fedrec.privacy import PrivacySpec
+from fedrec.training.table_check import ImplausibleTable, check_item_table
 
 ATTACKS = ["update_norm", "user_direction", "shadow_classifier"]
 

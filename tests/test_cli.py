@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.cli import compose, config_dir
+from fedrec.config import compose, config_dir
 
 GROUPS = {
     "train": ["dataset", "model", "training", "eval"],
@@ -155,11 +155,14 @@ def test_multirun_sweeps(tmp_path):
     assert epochs == [1, 2]
 
 
-def test_client_library_imports_no_server_ray_or_hydra():
+def test_client_library_imports_no_server_flower_torch_ray_or_hydra():
+    """An app pays for what it uses: importing the library loads no Flower, Ray, hydra or the
+    federation core, and no torch/Opacus until a round trains."""
     code = (
-        "import sys, fedrec.client, fedrec.client.app\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'hydra', 'omegaconf')"
-        " or m.startswith('fedrec.server') or m.startswith('flwr.simulation')]\n"
+        "import sys, fedrec.client\n"
+        "heavy = ('ray', 'hydra', 'omegaconf', 'flwr', 'torch', 'opacus')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in heavy"
+        " or m.startswith(('fedrec.federation', 'fedrec.flower', 'fedrec.jobs'))]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -302,9 +305,10 @@ def test_simulate_prints_each_event_once_and_logs_everything_in_the_run_dir(tmp_
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     console = (done.stdout + done.stderr).splitlines()
-    flower_events = [line for line in console if "configure_train: Sampled" in line]
-    assert len(flower_events) == 1, "\n".join(console)  # Flower's own handler no longer echoes
+    discovery = [line for line in console if "discovery: 4 of 4 nodes take part" in line]
+    assert len(discovery) == 1, "\n".join(console)  # one line per event, not two
     assert sum("round 1/1" in line for line in console) == 1
     assert not any("[DEBUG]" in line or "DEPRECATED FEATURE" in line for line in console)
     log = (tmp_path / "simulate.log").read_text()
-    assert "configure_train: Sampled" in log and "[DEBUG]" in log  # the full Flower log
+    assert "discovery: 4 of 4 nodes" in log and "[flwr][DEBUG]" in log  # the full Flower log
+    assert "DEPRECATED FEATURE" in log  # Flower's warnings are kept, off the console

@@ -123,7 +123,7 @@ def test_withdrawal_stops_participation_at_once(client, monkeypatch):
     before = (client.store.arrays(USER_ARRAYS), client.store.ledger())
 
     # The user withdraws from another connection (the app's UI) while the round trains.
-    real_trainer = local_client_module.train_user_round
+    real_trainer = local_client_module.train_one
 
     def trainer_then_withdrawal(*args, **kwargs):
         result = real_trainer(*args, **kwargs)
@@ -131,7 +131,7 @@ def test_withdrawal_stops_participation_at_once(client, monkeypatch):
             ui.withdraw_consent()
         return result
 
-    monkeypatch.setattr(local_client_module, "train_user_round", trainer_then_withdrawal)
+    monkeypatch.setattr(local_client_module, "train_one", trainer_then_withdrawal)
     with pytest.raises(ConsentRequired, match="withdrawn during the round"):
         client.train_round(item_arrays(), settings(2))
     # Nothing of the discarded round was kept: embedding, ledger and sent-log are as before.
@@ -376,9 +376,9 @@ def test_client_library_imports_no_server_ray_hydra_or_flower_simulation():
         "import fedrec.client, fedrec.client.local_client, fedrec.client.store\n"
         "import fedrec.client.consent, fedrec.client.rights, fedrec.client.recommend\n"
         "embedded = [m for m in sys.modules if m.split('.')[0] == 'flwr']\n"
-        "import fedrec.client.app\n"
+        "import fedrec.flower.client_app\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'hydra', 'omegaconf')"
-        " or m.startswith('fedrec.server') or m.startswith('flwr.simulation')]\n"
+        " or m.startswith(('fedrec.federation.', 'fedrec.jobs', 'flwr.simulation'))]\n"
         "print(embedded, bad); sys.exit(1 if bad or embedded else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -386,27 +386,28 @@ def test_client_library_imports_no_server_ray_hydra_or_flower_simulation():
 
 
 def test_store_node_replies_without_an_update_until_the_user_consents(client, clock):
-    from fedrec.client.app import evaluate_from_store, train_from_store
+    from fedrec.client.device import evaluate_from_store, train_from_store
+    from fedrec.protocol.settings import round_config
 
     clock.now = time.time()  # the node opens the store with the real clock
 
     node = {"store": str(client.store.path), "holdout-latest": 1}
-    assert train_from_store(node, item_arrays(), settings()) == (
+    assert train_from_store(node, item_arrays(), round_config(settings())) == (
         None,
         {"num-examples": 0, "consent_missing": 1},
     )
-    assert evaluate_from_store(node, item_arrays(), settings()) == {
+    assert evaluate_from_store(node, item_arrays(), round_config(settings())) == {
         "num-examples": 1,
         "evaluated": 0,
     }
     client.grant_consent(["view"])
-    update, metrics = train_from_store(node, item_arrays(), settings())
+    update, metrics = train_from_store(node, item_arrays(), round_config(settings()))
     assert set(update) == {"item_embedding.weight", "item_bias.weight"}
     assert metrics["epsilon"] > 0 and metrics["num-examples"] == 1
-    evaluation = evaluate_from_store(node, item_arrays(), settings())
+    evaluation = evaluate_from_store(node, item_arrays(), round_config(settings()))
     assert evaluation["evaluated"] == 1 and 0 <= evaluation["hr@10"] <= 1
     budget = dataclasses.replace(settings(2), privacy=PrivacySpec(mode="record", target_epsilon=1))
-    update, metrics = train_from_store(node, item_arrays(), budget)
+    update, metrics = train_from_store(node, item_arrays(), round_config(budget))
     assert update is None and metrics["budget_exhausted"] == 1
     assert metrics["epsilon"] == client.privacy_report().epsilon
     assert [s.server_round for s in client.store.sent_rounds()] == [1]

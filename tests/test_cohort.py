@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.client.trainer import DeviceState, LocalData, LocalTrainingSpec, train_round
-from fedrec.cohort import CohortMember, train_cohort
 from fedrec.model.mf import MatrixFactorization, ModelSpec
 from fedrec.privacy.dp_sgd import PrivacySpec
+from fedrec.protocol.settings import LocalTrainingSpec
+from fedrec.training.closed_form.engine import train_cohort
+from fedrec.training.opacus_round import train_round
+from fedrec.training.state import CohortMember, DeviceState, LocalData
 
 SIZES = (1, 5, 31, 32, 33, 70)  # around the batch size: single, partial and exact batches
 
@@ -126,7 +128,7 @@ def test_non_private_rounds_equal_the_device_round(optimizer: str) -> None:
 
 
 def _federation(tmp_path, engine: str, extra: list[str]):
-    from fedrec.cli import compose
+    from fedrec.config import compose
     from fedrec.jobs.simulate import run_simulate
 
     overrides = [
@@ -247,8 +249,8 @@ def test_bad_requests_are_refused_with_a_reason() -> None:
     ids=["record", "both", "none"],
 )
 def test_one_user_round_keeps_train_rounds_contract(privacy: PrivacySpec) -> None:
-    from fedrec.client.closed_form import train_user_round
     from fedrec.privacy.user_level import update_norm
+    from fedrec.training.trainers import train_one
 
     items, data = _items(40, 8, False), _users(40, False)[4]
     common = dict(
@@ -260,7 +262,7 @@ def test_one_user_round_keeps_train_rounds_contract(privacy: PrivacySpec) -> Non
         server_round=1,
     )
     slow = train_round(items, data, DeviceState(), **common)
-    fast = train_user_round(items, data, DeviceState(), **common)
+    fast = train_one("closed_form", items, data, DeviceState(), **common)
     for name, array in slow.item_update.items():
         np.testing.assert_allclose(fast.item_update[name], array, rtol=1e-4, atol=2e-6)
     assert (fast.steps, fast.sample_rate) == (slow.steps, slow.sample_rate)
@@ -270,13 +272,14 @@ def test_one_user_round_keeps_train_rounds_contract(privacy: PrivacySpec) -> Non
 
 
 def test_one_user_round_at_budget_raises_like_the_device() -> None:
-    from fedrec.client.closed_form import train_user_round
     from fedrec.privacy.ledger import PrivacyBudgetExhausted
+    from fedrec.training.trainers import train_one
 
     items, data = _items(40, 8, False), _users(40, False)[0]
     privacy = PrivacySpec(mode="record", noise_multiplier=0.5, target_epsilon=1.0)
     with pytest.raises(PrivacyBudgetExhausted):
-        train_user_round(
+        train_one(
+            "closed_form",
             items,
             data,
             DeviceState(),

@@ -1,5 +1,6 @@
 """User-level DP (DP-FedAvg) on the cohort engine: a node clips each of its users' updates and
-sends their sum; the server adds one Gaussian draw to the total and divides by q·N.
+sends their sum; the server adds one Gaussian draw to the total and divides by q·N. The server
+Poisson-samples the users (the same sampler on every engine).
 
 Real ``run_simulation`` federations on ML-100K users (tiny model, few users and rounds).
 """
@@ -15,12 +16,12 @@ import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedrec.cli import compose
-from fedrec.client.messages import ARRAYS_KEY, METRICS_KEY, USERS_SUMMED
-from fedrec.cohort.app import CohortPlan, node_block, sampled_users
-from fedrec.jobs.simulate import prepare_federation, run_simulate
+from fedrec.config import compose
+from fedrec.federation.sampling import sample_users
+from fedrec.jobs.simulate import initial_item_arrays, prepare_federation, run_simulate
+from fedrec.nodes.block import node_block
 from fedrec.privacy.user_level import update_norm
-from fedrec.server.app import initial_item_arrays
+from fedrec.protocol.wire import ARRAYS_KEY, METRICS_KEY, USERS_SUMMED
 
 DELTA = 1e-5
 SMALL = [
@@ -51,7 +52,7 @@ class NodeSumAudit:
             np.savez(
                 os.path.join(self.folder, f"r{server_round}_p{partition}.npz"),
                 users_summed=int(metrics[USERS_SUMMED]),
-                users_sampled=int(metrics["users_sampled"]),
+                users_sampled=len(metrics["users"]),
                 **arrays,
             )
         return reply
@@ -119,17 +120,15 @@ def both_run(tmp_path_factory):
 def test_nodes_poisson_sample_and_send_sums_of_clipped_updates(both_run):
     cfg, _, _, _, replies = both_run
     _, _, plan = prepare_federation(cfg)
-    cohort = CohortPlan.from_config(plan.extra_config)
-    assert cohort.poisson_sampling == 1
     counts = []
     for server_round in (1, 2, 3):
-        users = sampled_users(cohort, server_round, evaluation=False)
+        users = sample_users(plan.seed, server_round, 15, 5, poisson=True)
         counts.append(len(users))
         for partition in (0, 1):
-            block = node_block({"partition-id": partition, "num-partitions": 2}, 15)
+            block = node_block(partition, 2, 15)
             expected = sum(block.start <= u < block.stop for u in users)
             reply = replies.get((server_round, partition))
-            if reply is None:  # a node none of whose users was drawn sends no arrays
+            if reply is None:  # a node none of whose users was drawn is not asked
                 assert expected == 0
                 continue
             assert reply["users_sampled"] == reply["users_summed"] == expected
@@ -144,8 +143,8 @@ def test_the_server_adds_one_gaussian_to_the_total_and_divides_by_q_n(both_run):
     # is ξ_1 + ξ_2 + ξ_3 with std z·C·√3 per coordinate if and only if the denominator is the
     # fixed q·N = 5 and the sums were added unclipped.
     cfg, _, _, table, replies = both_run
-    _, _, plan = prepare_federation(cfg)
-    initial = initial_item_arrays(plan)
+    split, _, _ = prepare_federation(cfg)
+    initial = initial_item_arrays(cfg, split.train.num_items)
     for name in initial:
         summed = sum(reply[name].astype(np.float64) for reply in replies.values())
         residual = (table[name].astype(np.float64) - initial[name]) * 5 / 3 - summed
@@ -174,8 +173,7 @@ def test_cohort_accepts_user_level_dp_and_still_refuses_what_cannot_work(mode):
     cohort = ["federation.engine=cohort", f"privacy={mode}", "federation.num_clients=20"]
     cohort.append("federation.clients_per_round=10")
     _, _, plan = prepare_federation(compose("simulate", cohort))
-    assert plan.user_level.sampling == "cohort"
-    assert CohortPlan.from_config(plan.extra_config).poisson_sampling == 1
+    assert plan.user_level is not None  # the loop then Poisson-samples users, on every engine
     refused = {
         "faults.dropout_rate=0.1": "engine=per_user",
         "federation.weighting=examples": "weighting=examples",

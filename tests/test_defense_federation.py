@@ -15,9 +15,10 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
-from fedrec.cli import compose, config_dir
-from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY
-from fedrec.jobs.simulate import SimulateJobConfig, prepare_federation, run_simulate
+from fedrec.config import compose, config_dir
+from fedrec.config.simulate import SimulateJobConfig
+from fedrec.jobs.simulate import prepare_federation, run_simulate
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY
 
 CLIENTS, ROUNDS, SERVER_LR, HOSTILE_SHIFT = 6, 2, 2.0, 50.0
 HOSTILE_PARTITION = 0

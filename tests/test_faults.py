@@ -16,11 +16,11 @@ import os
 import numpy as np
 import pytest
 
-from fedrec.cli import compose
-from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY
-from fedrec.client.state_store import DeviceStateStore
-from fedrec.jobs.faults import Fault, FaultSpec, draw_fault
+from fedrec.config import compose
+from fedrec.flower.faults import Fault, FaultSpec, draw_fault
 from fedrec.jobs.simulate import STATE_STORE_FILE, prepare_federation, run_simulate
+from fedrec.nodes.state_store import DeviceStateStore
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY
 
 CLIENTS, ROUNDS, MIN_REPLIES = 10, 3, 7
 FAULTS = [

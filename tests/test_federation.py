@@ -17,10 +17,10 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from opacus.accountants import RDPAccountant
 
-from fedrec.cli import compose
-from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
+from fedrec.config import compose
+from fedrec.federation.server_step import server_lr_factor
 from fedrec.jobs.simulate import prepare_federation, run_simulate
-from fedrec.server.strategy import server_lr_factor
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 
 ALLOWED_TRAIN_METRICS = {"num-examples", "train_loss", "epsilon", "local_steps"}
 
@@ -38,6 +38,8 @@ class MessageAudit:
 
     def __call__(self, msg, context, call_next):
         reply = call_next(msg, context)
+        if msg.metadata.message_type == "query":  # the server's discovery, once per node
+            return reply
         partition = int(context.node_config["partition-id"])
         entry = {
             "partition": partition,

@@ -16,19 +16,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedrec.client.messages import (
-    ARRAYS_KEY,
-    METRICS_KEY,
-    NUM_EXAMPLES,
-    RoundRefused,
-    check_received_arrays,
-    parse_round_config,
-    round_config,
-)
 from fedrec.data import LOADERS, DataError
 from fedrec.data.log import InteractionLog
+from fedrec.federation.record import RoundRecord
+from fedrec.federation.rule import ServerRule
+from fedrec.federation.server_step import StrategySpec
+from fedrec.flower.transport import decode_train_reply
 from fedrec.jobs.simulate import round_settings
-from fedrec.server.validation import expected_arrays, rejection_reason
+from fedrec.protocol.arrays import check_received_arrays
+from fedrec.protocol.settings import parse_round_config, round_config
+from fedrec.protocol.wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES, RoundRefused
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -154,6 +151,15 @@ def _reply(arrays: dict[str, np.ndarray], metrics=None, extra_records=None) -> R
     return RecordDict(records | (extra_records or {}))
 
 
+def _expected(settings_) -> dict:
+    """What the device expects: its catalog (40 items) at the sent model's size."""
+    return {
+        "num_items": 40,
+        "embedding_dim": settings_.model.embedding_dim,
+        "explicit": settings_.explicit,
+    }
+
+
 _CORRUPTIONS = st.sampled_from(
     ["dtype", "shape", "extra", "missing", "nan", "inf", "huge", "weight", "config", "transpose"]
 )
@@ -192,20 +198,26 @@ def test_server_rejects_every_kind_of_malformed_update(corruption, name, scale, 
         metrics = {NUM_EXAMPLES: float(rng.choice([-1.0, np.nan, np.inf]))}
     elif corruption == "config":
         extra = {"config": ConfigRecord({"note": "x"})}
-    content = _reply(arrays, metrics, extra)
-    reason = rejection_reason(content, expected_arrays(SENT), max_update_norm=10.0)
-    assert isinstance(reason, str) and reason, corruption
-    assert (
-        rejection_reason(_reply({k: v * 0 for k, v in SENT.items()}), expected_arrays(SENT), 10.0)
-        is None
-    )
+    assert _server_accepts(_reply(arrays, metrics, extra)) is False, corruption
+    assert _server_accepts(_reply({k: v * 0 for k, v in SENT.items()})) is True
+
+
+def _server_accepts(content: RecordDict) -> bool:
+    """What the server does with one device's training reply: decode it as the Flower
+    transport does, then the server rule's checks (norm bound 10)."""
+    reply = decode_train_reply(7, [0], content, one_user=True)
+    rule = ServerRule(StrategySpec(max_update_norm=10.0), rounds=1)
+    record = RoundRecord(1, sampled=1)
+    updated = rule.apply(1, dict(SENT), [reply], record)
+    assert record.accepted + record.rejected == 1
+    return updated is not None and record.accepted == 1
 
 
 # --- what a device accepts from a server -----------------------------------------------------
 
 
 def _sent_config(**changes) -> dict:
-    from fedrec.cli import compose
+    from fedrec.config import compose
 
     config = round_config(round_settings(compose("simulate", ["privacy=record"])))
     return config | changes
@@ -261,12 +273,12 @@ def test_device_refuses_tables_it_did_not_expect(rows, dim, bias_cols, dtype, ex
         and (poison is None)
     )
     if good:
-        check_received_arrays(arrays, settings_, num_items=40)
+        check_received_arrays(arrays, **_expected(settings_))
     else:
         with pytest.raises(RoundRefused):
-            check_received_arrays(arrays, settings_, num_items=40)
+            check_received_arrays(arrays, **_expected(settings_))
     fine = {
         "item_embedding.weight": np.zeros((40, expected_dim), np.float32),
         "item_bias.weight": np.zeros((40, 1), np.float32),
     }
-    check_received_arrays(fine, settings_, num_items=40)
+    check_received_arrays(fine, **_expected(settings_))

@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import ML100K_SHAPED, ML100K_SHAPED_SPEC
 
-from fedrec.attack.poisoners import AttackSpec, pick_target
-from fedrec.attack.run import PoisonFederationSpec, run_poisoned_federation
-from fedrec.audit.clients import LocalRecipe, SimulatedClients
-from fedrec.cli import compose, config_dir
+from fedrec.config import compose, config_dir
 from fedrec.data import load_split
+from fedrec.federation.defenses import DefenseSpec, aggregate
 from fedrec.jobs.poison import PoisonJobConfig, run_poison
 from fedrec.model import ModelSpec
 from fedrec.model.mf import MatrixFactorization
+from fedrec.nodes.simulated import LocalRecipe, SimulatedClients
+from fedrec.poisoning.poisoners import AttackSpec, pick_target
+from fedrec.poisoning.run import PoisonFederationSpec, run_poisoned_federation
 from fedrec.privacy import PrivacySpec
-from fedrec.server.defenses import DefenseSpec, aggregate
 
 
 @pytest.fixture(scope="module")

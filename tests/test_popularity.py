@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import ML100K_SHAPED
 
-from fedrec.cli import compose
+from fedrec.config import compose
 from fedrec.data import load_split
 from fedrec.eval import evaluate_scores
 from fedrec.jobs.popularity import popularity_point

@@ -8,13 +8,15 @@ from conftest import ML100K_SHAPED_SPEC
 from flwr.app import RecordDict
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from fedrec.client.device_state import load_device_state, store_device_state
-from fedrec.client.trainer import DeviceState, LocalData, LocalTrainingSpec, train_round
 from fedrec.data import load_split
 from fedrec.data.user_logs import user_row_groups
+from fedrec.flower.records import ContextKeeper
 from fedrec.model import MatrixFactorization, ModelSpec
 from fedrec.privacy import PrivacySpec, epsilon_spent
 from fedrec.privacy.ledger import PrivacyBudgetExhausted, PrivacyLedger
+from fedrec.protocol.settings import LocalTrainingSpec
+from fedrec.training.opacus_round import train_round
+from fedrec.training.state import DeviceState, LocalData
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +85,13 @@ def test_changing_delta_mid_run_is_refused(shaped_users):
 def test_device_state_round_trips_through_flower_records(shaped_users):
     num_items, users = shaped_users
     state, _ = rounds_of(users[3], num_items, PrivacySpec(mode="record"), 2)
-    records = RecordDict()
-    store_device_state(records, state)
-    loaded = load_device_state(records)
-    assert loaded.ledger == state.ledger and loaded.rounds_trained == 2
+    keeper = ContextKeeper(RecordDict())
+    keeper.save(2, {7: state, 9: DeviceState()}, request=None)
+    loaded = keeper.load([7, 9, 11], 3, request=None)
+    assert loaded[7].ledger == state.ledger and loaded[7].rounds_trained == 2
     for name, value in state.user_arrays.items():
-        assert np.array_equal(loaded.user_arrays[name], value)
-    empty = RecordDict()
-    store_device_state(empty, DeviceState())
-    assert load_device_state(empty).ledger is None
+        assert np.array_equal(loaded[7].user_arrays[name], value)
+    assert loaded[9].ledger is None and loaded[11].ledger is None  # never trained
 
 
 def test_tiny_logs_take_noise_only_steps_and_are_charged_for_them():
@@ -144,7 +144,7 @@ def test_smaller_logs_get_more_noise_for_the_same_budget():
 
 
 def test_the_server_plans_each_users_rounds_from_the_sampling_rate():
-    from fedrec.cli import compose
+    from fedrec.config import compose
     from fedrec.jobs.simulate import prepare_federation
 
     cfg = compose(

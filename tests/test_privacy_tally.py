@@ -8,17 +8,17 @@ import json
 
 import numpy as np
 
-from fedrec.server.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
-from fedrec.server.privacy_tally import PrivacyTally
-from fedrec.server.strategy import RoundRecord
+from fedrec.federation.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
+from fedrec.federation.privacy_tally import PrivacyTally
+from fedrec.federation.record import RoundRecord
 
 
 def test_a_user_stopped_in_several_rounds_counts_once():
     tally = PrivacyTally()
     for server_round in (1, 2, 3):
-        tally.report(("user", 7), 3.9, budget_exhausted=server_round > 1)
-        tally.report(("user", 8), 1.0 * server_round)
-        tally.report(101, 2.0)  # a per-user node
+        tally.report(7, 3.9, budget_exhausted=server_round > 1)
+        tally.report(8, 1.0 * server_round)
+        tally.report(101, 2.0)
         record = RoundRecord(server_round)
         tally.fill(record)
         assert record.users_at_budget == (0 if server_round == 1 else 1)
@@ -26,17 +26,18 @@ def test_a_user_stopped_in_several_rounds_counts_once():
     assert record.clients_with_epsilon == 3
 
 
-def test_a_checkpoint_keeps_the_cohort_users_and_drops_node_ids(tmp_path):
+def test_a_checkpoint_keeps_every_user_keyed_by_population_index(tmp_path):
+    """Users are keyed by their index in the population (fixed at discovery, the same after a
+    resume), never by a Flower node id, which a new process draws anew."""
     tally = PrivacyTally()
-    tally.report(("user", 7), 3.9, budget_exhausted=True)
-    tally.report(101, 2.0, budget_exhausted=True)
+    tally.report(7, 3.9, budget_exhausted=True)
+    tally.report(101, 2.0)
     path = tmp_path / "checkpoint.npz"
     save_checkpoint(path, ServerCheckpoint(1, {}, privacy_tally=tally.to_json()))
     restored = PrivacyTally()
     restored.restore_json(load_checkpoint(path).privacy_tally)
-    # A new process draws new node ids: node 101 would be counted twice after a resume.
-    assert restored.epsilon_by_client == {("user", 7): 3.9}
-    assert restored.at_budget == {("user", 7)}
+    assert restored.epsilon_by_user == {7: 3.9, 101: 2.0}
+    assert restored.at_budget == {7}
 
 
 def test_a_checkpoint_written_before_the_tally_still_loads(tmp_path):
@@ -53,4 +54,5 @@ def test_a_checkpoint_written_before_the_tally_still_loads(tmp_path):
     path.write_bytes(buffer.getvalue())
     restored = PrivacyTally()
     restored.restore_json(load_checkpoint(path).privacy_tally)
-    assert restored.epsilon_by_client == {("user", 7): 3.9} and not restored.at_budget
+    # node ids of an old process are dropped: a new process would count them twice
+    assert restored.epsilon_by_user == {7: 3.9} and not restored.at_budget

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import run_fedrec_cli
 
-from fedrec.cli import compose
-from fedrec.client.state_store import DeviceStateStore
+from fedrec.config import compose
+from fedrec.federation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedrec.jobs.simulate import STATE_STORE_FILE, run_simulate
-from fedrec.loopback import run_fedrec_cli
-from fedrec.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedrec.nodes.state_store import DeviceStateStore
 
 ROUNDS, CRASH_ROUND = 4, 3
 FEDERATION = [

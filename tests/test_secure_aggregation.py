@@ -18,11 +18,10 @@ import pytest
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-from fedrec.cli import compose
-from fedrec.client.messages import ARRAYS_KEY
-from fedrec.jobs.faults import Fault, FaultSpec, draw_fault
-from fedrec.jobs.simulate import prepare_federation, run_simulate
-from fedrec.server.app import initial_item_arrays
+from fedrec.config import compose
+from fedrec.flower.faults import Fault, FaultSpec, draw_fault
+from fedrec.jobs.simulate import initial_item_arrays, prepare_federation, run_simulate
+from fedrec.protocol.wire import ARRAYS_KEY
 
 USERS = 6
 CLIP, LEVELS, SERVER_LR = 0.5, 2**16, 4.0  # coarse levels, so the quantization error is visible
@@ -111,7 +110,7 @@ def _deltas(plain_sent) -> dict[int, dict[str, np.ndarray]]:
 
 
 def _initial(cfg) -> dict[str, np.ndarray]:
-    return initial_item_arrays(prepare_federation(cfg)[2])
+    return initial_item_arrays(cfg, prepare_federation(cfg)[0].train.num_items)
 
 
 def test_refused_at_config_time():

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from fedrec.server.strategy import StrategySpec, config_for_round, make_strategy, server_lr_factor
+from fedrec.federation.server_step import (
+    SERVER_STEPS,
+    StrategySpec,
+    config_for_round,
+    server_lr_factor,
+)
 
 
 def test_cosine_starts_at_one_and_decays_towards_zero() -> None:
@@ -19,27 +25,33 @@ def test_cosine_starts_at_one_and_decays_towards_zero() -> None:
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedadam"])
-def test_the_strategy_scales_its_step_each_round(name: str) -> None:
-    spec = StrategySpec(
-        name=name, server_lr=400.0 if name == "fedavg" else 0.1, server_lr_schedule="cosine"
-    )
-    strategy = make_strategy(
-        spec, clients_per_round=2, eval_clients_per_round=0, num_clients=2, rounds=2
-    )
-    for server_round, factor in ((1, 1.0), (2, 0.5), (1, 1.0)):
-        strategy.apply_server_lr_schedule(server_round)
-        if name == "fedadam":
-            assert strategy.eta == pytest.approx(0.1 * factor)
-        else:
-            assert strategy.update_scale == pytest.approx(400.0 * factor)
+def test_the_server_step_scales_with_the_schedule_each_round(name: str) -> None:
+    lr = 400.0 if name == "fedavg" else 0.1
+    cosine = StrategySpec(name=name, server_lr=lr, server_lr_schedule="cosine")
+    constant = StrategySpec(name=name, server_lr=lr)
+    current = {"w": np.zeros(3, dtype=np.float64)}
+    update = {"w": np.array([1.0, -2.0, 0.5])}
+    for server_round, factor in ((1, 1.0), (2, 0.5)):
+        scheduled = SERVER_STEPS.get(name)(cosine, 2)
+        plain = SERVER_STEPS.get(name)(constant, 2)
+        for r in range(1, server_round):  # same moments before the round measured
+            scheduled.apply(r, current, update)
+            plain.apply(r, current, update)
+        moved = scheduled.apply(server_round, current, update)["w"]
+        full = plain.apply(server_round, current, update)["w"]
+        np.testing.assert_allclose(moved, factor * full)
 
 
 def test_the_local_rate_sent_follows_its_own_schedule() -> None:
     sent = {"training.lr": 5.0, "training.epochs": 2}
     cosine = StrategySpec(local_lr_schedule="cosine")
-    assert config_for_round(sent, cosine, 0, 4) == sent  # the baseline evaluation
-    assert config_for_round(sent, cosine, 3, 4) == {"training.lr": 2.5, "training.epochs": 2}
-    assert config_for_round(sent, StrategySpec(), 3, 4) == sent
+    assert config_for_round(sent, cosine, 0, 4) == sent | {"server-round": 0}  # the baseline
+    assert config_for_round(sent, cosine, 3, 4) == {
+        "training.lr": 2.5,
+        "training.epochs": 2,
+        "server-round": 3,
+    }
+    assert config_for_round(sent, StrategySpec(), 3, 4) == sent | {"server-round": 3}
     assert sent == {"training.lr": 5.0, "training.epochs": 2}  # a copy, never the original
     assert all(config_for_round(sent, cosine, r, 4)["training.lr"] > 0 for r in range(1, 5))
 

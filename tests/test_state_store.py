@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrec.client.state_store import DeviceStateStore, LedgerRollback
-from fedrec.client.trainer import DeviceState
+from fedrec.nodes.state_store import DeviceStateStore, LedgerRollback
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedrec.training.state import DeviceState
 
 
 def _state(rounds: int) -> DeviceState:

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from fedrec.client.state_store import DeviceStateStore
-from fedrec.client.trainer import DeviceState
+from fedrec.nodes.state_store import DeviceStateStore
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedrec.training.state import DeviceState
 
 WRITES_PER_WORKER = 120
 USERS_PER_WRITE = 4

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from fedrec.client.state_store import DeviceStateStore
 from fedrec.client.store import LocalStore, SentRound
-from fedrec.client.trainer import DeviceState
+from fedrec.nodes.state_store import DeviceStateStore
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedrec.training.state import DeviceState
 
 KILLS = 20
 

@@ -1,6 +1,6 @@
 """The device-side check of the item table a server sends: honest tables pass even under heavy
 DP noise, crafted ones are refused with a reason, on every device path (the ClientApp's
-``train_reply``, a store-backed node, the embedded ``FedrecClient``, a cohort node's simulated
+(a one-user node, a store-backed node, the embedded ``FedrecClient``, a block node's simulated
 devices) before anything trains."""
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from fedrec.audit.active import bias_silencing_table
 from fedrec.client import FedrecClient, LocalEvalSpec, LocalTrainingSpec, RoundSettings
-from fedrec.client.app import train_from_store, train_reply
-from fedrec.client.data_source import SplitUserSource
-from fedrec.client.messages import ROUND_REFUSED, RoundRefused, round_config
-from fedrec.client.table_check import ImplausibleTable, check_item_table
-from fedrec.cohort.app import CohortPlan, cohort_train_reply, load_cohort_states
+from fedrec.client.device import train_from_store
 from fedrec.data import DatasetSpec, load_split
+from fedrec.flower.records import ContextKeeper, load_states
+from fedrec.membership.active import bias_silencing_table
 from fedrec.model.mf import MatrixFactorization, ModelSpec
+from fedrec.nodes.block import BlockNode, MemoryKeeper
+from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy.dp_sgd import PrivacySpec
+from fedrec.protocol.settings import round_config
+from fedrec.protocol.wire import REFUSAL_REASON, ROUND_REFUSED, RefusalReason, RoundRefused
+from fedrec.training.table_check import ImplausibleTable, check_item_table
 
 NUM_ITEMS, DIM = 400, 16
 
@@ -107,60 +109,52 @@ def test_embedded_client_and_store_node_refuse_a_crafted_table(tmp_path):
             client.train_round(crafted, _settings(DIM))
         assert client.store.ledger() is None and client.store.sent_rounds() == []
     node = {"store": str(path), "holdout-latest": 1}
-    assert train_from_store(node, crafted, _settings(DIM)) == (
+    config = round_config(_settings(DIM))
+    assert train_from_store(node, crafted, config) == (
         None,
-        {"num-examples": 0, ROUND_REFUSED: 1},
+        {"num-examples": 0, ROUND_REFUSED: 1, REFUSAL_REASON: RefusalReason.IMPLAUSIBLE_TABLE},
     )
-    update, metrics = train_from_store(node, honest_table(), _settings(DIM))
+    update, metrics = train_from_store(node, honest_table(), config)
     assert update is not None and metrics["epsilon"] > 0  # the honest table trains
 
 
-def test_client_app_refuses_a_crafted_table_and_trains_on_an_honest_one():
+def test_a_one_user_node_refuses_a_crafted_table_and_trains_on_an_honest_one():
     split = load_split(DatasetSpec())  # the synthetic small preset: 200 users × 400 items
     source = SplitUserSource(split, np.arange(4))
-    settings = _settings(DIM)
-    config = round_config(settings)
+    config = round_config(_settings(DIM))
     table = MatrixFactorization(
         1, split.train.num_items, DIM, init_std=0.1, generator=torch.Generator().manual_seed(0)
     ).item_state()
-    context = Context(0, 1, {"partition-id": 0}, RecordDict(), {})
-    update, metrics = train_reply(config, bias_silencing_table(table), context, source)
-    assert update is None and metrics == {"num-examples": 0, ROUND_REFUSED: 1}
-    update, metrics = train_reply(config, table, context, source)
-    assert update is not None and metrics["epsilon"] > 0
+    node = BlockNode(source, MemoryKeeper(), trainer="opacus")
+    (reply,) = node.train([0], bias_silencing_table(table), config)
+    assert reply.arrays is None and [o.status for o in reply.outcomes] == ["refused"]
+    assert reply.outcomes[0].reason == RefusalReason.IMPLAUSIBLE_TABLE
+    (reply,) = node.train([0], table, config)
+    assert reply.arrays is not None and reply.outcomes[0].epsilon > 0
 
 
-def test_cohort_node_refuses_a_crafted_table_for_all_its_users():
+def test_a_block_node_refuses_a_crafted_table_for_all_its_users():
     split = load_split(DatasetSpec())  # the synthetic small preset: 200 users × 400 items
     source = SplitUserSource(split, np.arange(split.train.num_users))
-    settings = _settings(DIM)
-    plan = CohortPlan(num_clients=8, clients_per_round=8, eval_clients_per_round=0, sample_seed=0)
+    config = round_config(_settings(DIM))
     context = Context(0, 1, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {})
-    config = round_config(settings) | plan.config()
+    node = BlockNode(source, ContextKeeper(context.state))
 
-    def reply(table):
-        return cohort_train_reply(plan, settings, table, config, context, source)
-
-    released, metrics = reply(bias_silencing_table(honest_table()))
-    assert released is None
-    assert (metrics["users_sampled"], metrics["users_refused"], metrics["users_trained"]) == (
-        4,
-        4,
-        0,
-    )
-    assert (
-        metrics["epsilon_users"] == [] and load_cohort_states(context.state) == {}
-    )  # nothing spent
-    released, metrics = reply(honest_table())
-    assert released is not None and (metrics["users_trained"], metrics["users_refused"]) == (4, 0)
-    assert len(load_cohort_states(context.state)) == 4 and min(metrics["epsilon_values"]) > 0
+    (reply,) = node.train([0, 1, 2, 3], bias_silencing_table(honest_table()), config)
+    assert reply.arrays is None
+    assert [o.status for o in reply.outcomes] == ["refused"] * 4
+    assert load_states(context.state) == {}  # nothing spent, nothing kept
+    (reply,) = node.train([0, 1, 2, 3], honest_table(), config)
+    assert reply.arrays is not None and [o.status for o in reply.outcomes] == ["trained"] * 4
+    states = load_states(context.state)
+    assert len(states) == 4 and min(s.ledger.epsilon for s in states.values()) > 0
 
 
 def test_a_round_every_device_refused_says_so_in_the_server_log():
     """The server's round line names the refusals (it said "0 failed, 0 timed out, 0 rejected"
     while every device refused the table, and the reason was only in the devices' logs)."""
+    from fedrec.federation.record import RoundRecord
     from fedrec.jobs.simulate import _progress
-    from fedrec.server.strategy import RoundRecord
 
     quiet = RoundRecord(2, sampled=4, accepted=4)
     assert quiet.outcome_counts() == "0 failed, 0 timed out, 0 rejected"

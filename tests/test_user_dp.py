@@ -16,9 +16,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from scipy import optimize, special, stats
 
-from fedrec.cli import compose
-from fedrec.client.messages import ARRAYS_KEY, CONFIG_KEY
-from fedrec.jobs.simulate import prepare_federation, run_simulate
+from fedrec.config import compose
+from fedrec.jobs.simulate import initial_item_arrays, prepare_federation, run_simulate
 from fedrec.privacy import PrivacySpec
 from fedrec.privacy.user_level import (
     UserLevelPlan,
@@ -27,7 +26,7 @@ from fedrec.privacy.user_level import (
     plan_user_level,
     update_norm,
 )
-from fedrec.server.app import initial_item_arrays
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY
 
 DELTA = 1e-5
 
@@ -261,8 +260,7 @@ def test_the_release_is_the_sum_plus_noise_over_the_fixed_denominator(user_run):
     # the residual below is ξ_1 + ξ_2: std z·C·√2 if and only if the denominator is the fixed
     # 30 (dividing by the accepted count instead would leave ~10 % of the sum in it).
     cfg, run_dir, _, updates = user_run
-    _, _, plan = prepare_federation(cfg)
-    initial = initial_item_arrays(plan)
+    initial = initial_item_arrays(cfg, prepare_federation(cfg)[0].train.num_items)
     final = np.load(run_dir / "item_table.npz")
     for name in initial:
         accepted = sum(a[name].astype(np.float64) for _, _, bad, a in updates if not bad)

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.client.closed_form import train_user_round
 from fedrec.client.consent import (
     CATEGORIES,
     DEFAULT_CONSENT_VALID_FOR_S,
@@ -30,7 +29,6 @@ from fedrec.client.consent import (
     check_categories,
     consent_status,
 )
-from fedrec.client.messages import NUM_EXAMPLES, RoundRefused, RoundSettings, user_seed
 from fedrec.client.recommend import (
     ITEM_EMBEDDING,
     Explanation,
@@ -48,10 +46,12 @@ from fedrec.client.store import (
     SentRound,
     SentTensor,
 )
-from fedrec.client.table_check import check_item_table
-from fedrec.client.trainer import DeviceState, LocalData, evaluate_user
-
-TRAIN_SEED, EVAL_SEED = 1, 2  # the same purposes the simulation's ClientApp uses
+from fedrec.protocol.seeds import EVAL_SEED, TRAIN_SEED, user_seed
+from fedrec.protocol.settings import RoundSettings
+from fedrec.protocol.wire import NUM_EXAMPLES, RefusalReason, RoundRefused
+from fedrec.training.state import DeviceState, LocalData
+from fedrec.training.table_check import check_item_table
+from fedrec.training.trainers import train_one
 
 
 class NothingToTrain(RuntimeError):
@@ -219,7 +219,8 @@ class FedrecClient:
             shape = None if table is None else tuple(np.shape(table))
             raise RoundRefused(
                 f"the item table '{ITEM_EMBEDDING}' has shape {shape}; this device's catalog "
-                f"has {self.store.num_items} items"
+                f"has {self.store.num_items} items",
+                RefusalReason.CATALOG_MISMATCH,
             )
 
     def train_round(
@@ -246,7 +247,8 @@ class FedrecClient:
         # The closed-form DP-SGD engine: train_round's contract and numbers (tests/test_cohort.py
         # checks it against Opacus), without building an Opacus engine on the device; it cuts
         # a round's peak memory by ~45 MB (benchmarks/client_footprint.py).
-        result = train_user_round(
+        result = train_one(
+            "closed_form",
             item_arrays,
             data,
             state,
@@ -254,7 +256,7 @@ class FedrecClient:
             training=settings.training,
             privacy=settings.privacy,
             explicit=settings.explicit,
-            seed=user_seed(settings, self.store.device_key, TRAIN_SEED),
+            seed=user_seed(settings.seed, self.store.device_key, settings.server_round, TRAIN_SEED),
             server_round=settings.server_round,
         )
         metrics = {
@@ -299,6 +301,8 @@ class FedrecClient:
         data = self.local_data(rated_only=settings.explicit)
         if len(data.test_items) == 0:
             return {}
+        from fedrec.training.evaluate import evaluate_user
+
         return evaluate_user(
             item_arrays,
             data,
@@ -307,7 +311,7 @@ class FedrecClient:
             eval_spec=settings.evaluation,
             explicit=settings.explicit,
             num_negatives=settings.training.num_negatives,
-            seed=user_seed(settings, self.store.device_key, EVAL_SEED),
+            seed=user_seed(settings.seed, self.store.device_key, settings.server_round, EVAL_SEED),
         )
 
     # -- on-device recommendations -------------------------------------------------------------

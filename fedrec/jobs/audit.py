@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrec.audit.active import CRAFTED_TABLES
-from fedrec.audit.attacks import ATTACKS
-from fedrec.audit.clients import LocalRecipe, SimulatedClients
-from fedrec.audit.report import markdown, plot, rows, write_csv
-from fedrec.audit.run import AuditFederationSpec, AuditSetting, run_setting, setting_privacy
 from fedrec.data import DatasetSpec, load_split
+from fedrec.membership.active import CRAFTED_TABLES
+from fedrec.membership.attacks import ATTACKS
+from fedrec.membership.report import markdown, plot, rows, write_csv
+from fedrec.membership.run import AuditFederationSpec, AuditSetting, run_setting, setting_privacy
 from fedrec.model import ModelSpec
 from fedrec.model.mf import random_item_arrays
+from fedrec.nodes.simulated import LocalRecipe, SimulatedClients
 from fedrec.privacy import PrivacySpec
 from fedrec.run_dir import RunRecorder
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrec.attack.poisoners import AttackSpec
-from fedrec.attack.run import PoisonFederationSpec, run_poisoned_federation
-from fedrec.audit.clients import LocalRecipe, SimulatedClients
 from fedrec.data import DatasetSpec, Split, load_split
+from fedrec.federation.defenses import DefenseSpec
 from fedrec.model import ModelSpec
 from fedrec.model.mf import random_item_arrays
+from fedrec.nodes.simulated import LocalRecipe, SimulatedClients
+from fedrec.poisoning.poisoners import AttackSpec
+from fedrec.poisoning.run import PoisonFederationSpec, run_poisoned_federation
 from fedrec.privacy import PrivacySpec
 from fedrec.run_dir import RunRecorder
-from fedrec.server.defenses import DefenseSpec
 
 logger = logging.getLogger("fedrec")
 

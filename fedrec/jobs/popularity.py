@@ -15,8 +15,9 @@ import math
 
 import numpy as np
 
+from fedrec.config.simulate import SimulateJobConfig
 from fedrec.eval.metrics import average_over_users, ranking_metrics_for_user
-from fedrec.jobs.simulate import SimulateJobConfig, prepare_federation
+from fedrec.jobs.simulate import prepare_federation
 from fedrec.privacy.accounting import epsilon_spent
 from fedrec.privacy.ledger import PrivacyLedger
 from fedrec.privacy.popularity import (

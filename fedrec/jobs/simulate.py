@@ -1,4 +1,12 @@
-"""``fedrec simulate``: one Flower client per user on Flower's simulation engine."""
+"""``fedrec simulate``: a federation on Flower's simulation engine.
+
+The config is checked against the rules table (:mod:`fedrec.config.rules`), the split and the
+server's plan are built (:func:`prepare_federation`), and the one round loop
+(:func:`fedrec.federation.loop.run_rounds`) runs inside a Flower ServerApp over the Flower
+transport (per-user or cohort nodes; SecAgg+ when configured). The run directory gets the
+config, ``metrics.csv``, checkpoints, the devices' state store, the final item table and
+``summary.json`` (:mod:`fedrec.jobs.summary`).
+"""
 
 from __future__ import annotations
 
@@ -8,106 +16,25 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fedrec.client.app import build_client_app
-from fedrec.client.data_source import SplitUserSource
-from fedrec.client.messages import RoundSettings
-from fedrec.client.secagg_app import build_secagg_client_app
-from fedrec.client.trainer import LocalEvalSpec, LocalTrainingSpec
-from fedrec.cohort.app import CohortPlan, build_cohort_app
-from fedrec.data import DatasetSpec, Split, load_split
-from fedrec.eval import EvalSpec
-from fedrec.jobs.faults import FaultInjector, FaultSpec, SecAggFaultInjector
-from fedrec.model import ModelSpec
-from fedrec.privacy import PRIVACY_MODES, PrivacySpec
+from fedrec.config.rules import check_simulate
+from fedrec.config.simulate import SimulateJobConfig
+from fedrec.data import Split, load_split
+from fedrec.federation.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
+from fedrec.federation.loop import FederationPlan
+from fedrec.federation.record import RoundRecord
+from fedrec.model.mf import random_item_arrays
+from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy.user_level import plan_user_level
+from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
 from fedrec.run_dir import CONFIG_YAML, RunRecorder
-from fedrec.server.app import ServerPlan, build_server_app
-from fedrec.server.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
-from fedrec.server.defenses import DefenseSpec
-from fedrec.server.secure_aggregation import (
-    SERVER_SAW,
-    SecureAggregationSpec,
-    build_secagg_server_app,
-)
-from fedrec.server.strategy import RoundRecord, StrategySpec
 
 logger = logging.getLogger("fedrec")
 
-WEIGHTINGS = ("uniform", "examples")
 STATE_STORE_FILE = "device_states.sqlite"
-ENGINES = ("per_user", "cohort")
-
-
-@dataclass
-class FederationSpec:
-    """Mirrors ``configs/federation/*.yaml``: who takes part, how often, how they train.
-
-    ``num_clients`` 0 means every user of the dataset; ``eval_clients_per_round`` -1 means every
-    client, 0 none. ``weighting``: ``uniform`` (default; a client's log size stays on the device)
-    or ``examples`` (FedAvg by log size, which tells the server each user's count). ``local``
-    is how each device trains in a round (``federation.local.epochs``, ``.lr``, ...): the very
-    settings the server sends. ``timeout_s``: how long the server waits for a round's replies;
-    ``min_replies``: a round with fewer accepted updates is skipped (not with user-level DP).
-    ``state_store``: simulated devices keep their state in ``device_states.sqlite`` in the run
-    directory (what makes ``resume=`` possible) rather than in the simulation's memory.
-    """
-
-    num_clients: int = 0
-    clients_per_round: int = 20
-    rounds: int = 10
-    local: LocalTrainingSpec = field(default_factory=LocalTrainingSpec)
-    weighting: str = "uniform"
-    eval_clients_per_round: int = -1
-    refit_epochs: int = 0
-    refit_lr: float = 0.05
-    global_bias_init: float = 0.0
-    eval_every_rounds: int = 1
-    timeout_s: float = 3600.0
-    min_replies: int = 1
-    state_store: bool = True
-    client_cpus: float = 1.0
-    ray_cpus: int = 0  # 0: all cores
-    # per_user: one Flower node per user (the deployment's shape). cohort: cohort_nodes nodes,
-    # each simulating a block of users with fedrec.cohort (same per-user DP-SGD, same results).
-    engine: str = "per_user"
-    cohort_nodes: int = 2
-    cohort_chunk: int = 256
-
-    def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"federation.weighting='{self.weighting}'; accepted: uniform, examples"
-            )
-        if self.num_clients < 0:
-            raise ValueError(f"federation.num_clients={self.num_clients}; expected >= 0")
-        if self.engine not in ENGINES:
-            raise ValueError(f"federation.engine='{self.engine}'; accepted: {', '.join(ENGINES)}")
-        if self.cohort_nodes < 1 or self.cohort_chunk < 1:
-            raise ValueError("federation.cohort_nodes and federation.cohort_chunk must be >= 1")
-
-
-@dataclass
-class SimulateJobConfig:
-    """The schema of ``configs/simulate.yaml``."""
-
-    dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    privacy: PrivacySpec = field(default_factory=PrivacySpec)
-    federation: FederationSpec = field(default_factory=FederationSpec)
-    strategy: StrategySpec = field(default_factory=StrategySpec)
-    eval: EvalSpec = field(default_factory=EvalSpec)
-    faults: FaultSpec = field(default_factory=FaultSpec)
-    secure_aggregation: SecureAggregationSpec = field(default_factory=SecureAggregationSpec)
-    seed: int = 0
-    resume: str = ""  # a run directory: continue that run after its last checkpointed round
-    # How the server combines the round's updates: none (the strategy's mean) or a robust rule
-    # (configs/defense/, the rules fedrec poison measures); per-user nodes only.
-    defense: DefenseSpec = field(default_factory=DefenseSpec)
 
 
 def choose_users(num_users: int, num_clients: int, seed: int) -> np.ndarray:
@@ -137,6 +64,64 @@ def round_settings(cfg: SimulateJobConfig) -> RoundSettings:
     )
 
 
+def prepare_federation(
+    cfg: SimulateJobConfig,
+) -> tuple[Split, SplitUserSource, FederationPlan]:
+    """The split, the users' data source and the server's plan that a config describes."""
+    check_simulate(cfg)
+    split = load_split(cfg.dataset)
+    fed = cfg.federation
+    users = choose_users(split.train.num_users, fed.num_clients, cfg.seed)
+    eval_clients = len(users) if fed.eval_clients_per_round < 0 else fed.eval_clients_per_round
+    settings = round_settings(cfg)
+    if settings.privacy.solve_noise_multiplier and not settings.privacy.planned_rounds:
+        # The rounds a user is expected to train in: rounds × their chance of being sampled.
+        expected = math.ceil(fed.rounds * min(fed.clients_per_round, len(users)) / len(users))
+        settings.privacy = dataclasses.replace(settings.privacy, planned_rounds=expected)
+    user_level = None
+    if settings.privacy.user_level:
+        user_level = plan_user_level(
+            settings.privacy,
+            num_clients=len(users),
+            clients_per_round=fed.clients_per_round,
+            rounds=fed.rounds,
+        )
+    plan = FederationPlan(
+        settings=settings,
+        strategy=cfg.strategy,
+        rounds=fed.rounds,
+        clients_per_round=fed.clients_per_round,
+        eval_clients_per_round=eval_clients,
+        seed=cfg.seed if cfg.seed >= 0 else int(np.random.SeedSequence().entropy % 2**31),
+        eval_every_rounds=fed.eval_every_rounds,
+        user_level=user_level,
+        min_replies=fed.min_replies,
+        defense=cfg.defense,
+        crash_after_replies_of_round=cfg.faults.server_crash_round,
+    )
+    plan.check_population(len(users))
+    return split, SplitUserSource(split, users), plan
+
+
+def initial_item_arrays(cfg: SimulateJobConfig, num_items: int) -> dict[str, np.ndarray]:
+    """The run's seeded random item table (see :func:`random_item_arrays`)."""
+    return random_item_arrays(
+        num_items,
+        cfg.model.embedding_dim,
+        init_std=cfg.model.init_std,
+        seed=cfg.seed,
+        explicit=cfg.dataset.mode == "explicit",
+        global_mean=cfg.federation.global_bias_init,
+    )
+
+
+def node_count(cfg: SimulateJobConfig, users: int) -> int:
+    """How many simulation nodes play the ``users``: one each, or ``cohort_nodes`` blocks."""
+    if cfg.federation.engine == "cohort":
+        return min(cfg.federation.cohort_nodes, users)
+    return users
+
+
 def _progress(record: RoundRecord, rounds: int) -> str:
     parts = [f"round {record.server_round}/{rounds}"]
     if record.server_round == 0:
@@ -157,118 +142,6 @@ def _progress(record: RoundRecord, rounds: int) -> str:
         parts.append(f"user-level ε {record.user_level_epsilon:.3g}")
     parts.append(f"{record.seconds:.1f}s")
     return " | ".join(parts)
-
-
-def prepare_federation(cfg: SimulateJobConfig) -> tuple[Split, SplitUserSource, ServerPlan]:
-    """The split, the per-node data source and the server's plan that a config describes."""
-    split = load_split(cfg.dataset)
-    fed = cfg.federation
-    users = choose_users(split.train.num_users, fed.num_clients, cfg.seed)
-    eval_clients = len(users) if fed.eval_clients_per_round < 0 else fed.eval_clients_per_round
-    settings = round_settings(cfg)
-    if settings.privacy.solve_noise_multiplier and not settings.privacy.planned_rounds:
-        # The rounds a user is expected to train in: rounds × their chance of being sampled.
-        expected = math.ceil(fed.rounds * min(fed.clients_per_round, len(users)) / len(users))
-        settings.privacy = dataclasses.replace(settings.privacy, planned_rounds=expected)
-    user_level = None
-    if settings.privacy.user_level:
-        user_level = plan_user_level(
-            settings.privacy,
-            num_clients=len(users),
-            clients_per_round=fed.clients_per_round,
-            rounds=fed.rounds,
-            # On the cohort engine the nodes Poisson-sample the users (fedrec.cohort.app).
-            sampling="cohort" if fed.engine == "cohort" else "server",
-        )
-    plan = ServerPlan(
-        settings=settings,
-        strategy=cfg.strategy,
-        num_items=split.train.num_items,
-        num_clients=len(users),
-        clients_per_round=fed.clients_per_round,
-        eval_clients_per_round=eval_clients,
-        rounds=fed.rounds,
-        seed=cfg.seed,
-        timeout_s=fed.timeout_s,
-        global_bias_init=fed.global_bias_init,
-        eval_every_rounds=fed.eval_every_rounds,
-        user_level=user_level,
-        min_replies=fed.min_replies,
-        crash_after_replies_of_round=cfg.faults.server_crash_round,
-    )
-    if cfg.secure_aggregation.enabled:
-        check_secure_aggregation(cfg, user_level_dp=user_level is not None)
-    if fed.engine == "cohort":
-        if cfg.faults.injects_client_faults:
-            raise ValueError(
-                "faults.dropout_rate/straggler_rate act per user node: use "
-                "federation.engine=per_user (a cohort node speaks for many users)"
-            )
-        plan.cohort_nodes = min(fed.cohort_nodes, len(users))
-        plan.min_replies = min(plan.min_replies, plan.cohort_nodes)
-        sample_seed = cfg.seed if cfg.seed >= 0 else int(np.random.SeedSequence().entropy % 2**31)
-        plan.extra_config = CohortPlan(
-            num_clients=len(users),
-            clients_per_round=fed.clients_per_round,
-            eval_clients_per_round=eval_clients,
-            sample_seed=sample_seed,
-            chunk_size=fed.cohort_chunk,
-            poisson_sampling=int(user_level is not None),
-        ).config()
-    check_defense(cfg)
-    plan.defense = cfg.defense
-    return split, SplitUserSource(split, users), plan
-
-
-def check_defense(cfg: SimulateJobConfig) -> None:
-    """Refuse a robust rule where the server does not see one update per user: a cohort node's
-    reply is the mean of many users' updates (a median or trimmed mean over two node means
-    protects nothing), and secure aggregation shows the server only the round's sum."""
-    if cfg.defense.name == "none":
-        return
-    if cfg.federation.engine != "per_user":
-        raise ValueError(
-            f"defense={cfg.defense.name} needs federation.engine=per_user: a cohort node sends "
-            "the mean of its users' updates, so a robust rule over node replies is meaningless "
-            "(fedrec poison measures the defenses per user)"
-        )
-    if cfg.privacy.user_level:
-        raise ValueError(
-            f"defense={cfg.defense.name} cannot be combined with privacy.mode={cfg.privacy.mode}: "
-            "the server's noise is calibrated to the mean of clipped updates; use defense=none"
-        )
-    if cfg.secure_aggregation.enabled:
-        raise ValueError(
-            f"defense={cfg.defense.name} needs each user's update at the server; "
-            "secure aggregation shows it only the round's sum: use defense=none"
-        )
-
-
-def check_secure_aggregation(cfg: SimulateJobConfig, *, user_level_dp: bool) -> None:
-    """Refuse, at config time, what cannot work when the server sees only a round's sum."""
-    fed, reason = cfg.federation, None
-    if fed.engine != "per_user":
-        reason = "federation.engine=per_user (a cohort node already sends the sum of many users)"
-    elif user_level_dp:
-        reason = (
-            f"privacy.mode none or record, not '{cfg.privacy.mode}': user-level DP clips each "
-            "update at the server, which SecAgg+ hides from it (device-side clipping with noise on "
-            "the sum is not implemented)"
-        )
-    elif fed.weighting != "uniform":
-        reason = (
-            "federation.weighting=uniform: SecAgg+ sums w·update clipped to ±clipping_range "
-            "with w <= max_weight, and each weight travels in the clear anyway"
-        )
-    elif cfg.strategy.name != "fedavg":
-        reason = "strategy=fedavg (the SecAgg+ path implements fedrec's FedAvg rule only)"
-    elif cfg.strategy.max_update_norm is not None:
-        reason = "strategy.max_update_norm unset: a per-update norm bound needs each update"
-    elif cfg.faults.server_crash_round or cfg.resume:
-        reason = "no resume= and no faults.server_crash_round (no checkpoints on this path)"
-    if reason is not None:
-        raise ValueError(f"secure_aggregation={cfg.secure_aggregation.name} needs {reason}")
-    cfg.secure_aggregation.check_federation(clients_per_round=fed.clients_per_round)
 
 
 def round_reporter(recorder: RunRecorder, rounds: int):
@@ -318,6 +191,11 @@ def run_simulate(
     """
     from flwr.simulation import run_simulation
 
+    from fedrec.flower.client_app import build_client_app
+    from fedrec.flower.faults import FaultInjector, SecAggFaultInjector
+    from fedrec.flower.server_app import build_server_app
+    from fedrec.jobs.summary import simulate_summary
+
     started = time.perf_counter()
     checkpoint = None
     if cfg.resume:
@@ -340,36 +218,37 @@ def run_simulate(
     split, source, plan = prepare_federation(cfg)
     plan.resume = checkpoint
     plan.checkpoint_path = run_dir / CHECKPOINT_FILE
-    fed, users = cfg.federation, source.users
+    fed, secagg = cfg.federation, cfg.secure_aggregation
     logger.info(
         "federation: %d clients (users), %d per round, %d rounds, %d items; privacy %s",
-        len(users),
+        len(source),
         fed.clients_per_round,
         fed.rounds,
         split.train.num_items,
         cfg.privacy.mode,
     )
     finished: dict[str, np.ndarray] = {}
-    secagg = cfg.secure_aggregation
-    reporter = round_reporter(recorder, fed.rounds)
-    if secagg.enabled:
-        server_app = build_secagg_server_app(
-            plan, secagg, on_round=reporter, on_finish=finished.update
-        )
-    else:
-        server_app = build_server_app(plan, on_round=reporter, on_finish=finished.update)
-    nodes = plan.cohort_nodes or len(users)
-    store_path = None if state_store is None else str(state_store)
+    nodes = node_count(cfg, len(source))
+    server_app = build_server_app(
+        plan,
+        initial_item_arrays(cfg, split.train.num_items),
+        nodes=nodes,
+        timeout_s=fed.timeout_s,
+        on_round=round_reporter(recorder, fed.rounds),
+        on_finish=finished.update,
+        secure_aggregation=secagg if secagg.enabled else None,
+    )
     if cfg.faults.injects_client_faults:  # outermost, so inner mods see a normal round
         injector = SecAggFaultInjector if secagg.enabled else FaultInjector
         client_mods = [injector(cfg.faults, secagg.timeout_s or fed.timeout_s), *client_mods]
-    if secagg.enabled:
-        client_app = build_secagg_client_app(source, mods=client_mods, state_store=store_path)
-    elif plan.cohort_nodes:
-        client_app = build_cohort_app(source, mods=client_mods, state_store=store_path)
-    else:
-        client_app = build_client_app(source, mods=client_mods, state_store=store_path)
-    ray_cpus = fed.ray_cpus or os.cpu_count() or 1
+    client_app = build_client_app(
+        source,
+        mods=client_mods,
+        state_store=None if state_store is None else str(state_store),
+        trainer=fed.resolved_trainer,
+        chunk_size=fed.cohort_chunk,
+        secure_aggregation=secagg.enabled,
+    )
     # Ray's notice that it will stop overriding CUDA_VISIBLE_DEVICES: we ask for no GPUs anyway.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
@@ -379,7 +258,7 @@ def run_simulate(
         backend_config={
             "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0},
             "init_args": {
-                "num_cpus": ray_cpus,
+                "num_cpus": fed.ray_cpus or os.cpu_count() or 1,
                 "include_dashboard": False,
                 "_node_ip_address": "127.0.0.1",
                 "log_to_driver": True,
@@ -388,98 +267,13 @@ def run_simulate(
     )
     if not finished:
         raise RuntimeError("the federation did not finish; see the log above for the error")
-    np.savez_compressed(Path(run_dir) / "item_table.npz", **finished)
-    last = recorder.rows[-1] if recorder.rows else {}
-    final = {
-        k: v
-        for k, v in last.items()
-        if k
-        in set(cfg.eval.full_metrics)
-        | {f"sampled_{m}" for m in cfg.eval.sampled_metrics}
-        | {"rmse", "mae"}
-    }
-    final |= {
-        "epsilon_max": last.get("epsilon_max", 0.0),
-        "epsilon_median": last.get("epsilon_median", 0.0),
-    }
-    if plan.user_level is not None:
-        final["user_level_epsilon"] = last.get("user_level_epsilon", 0.0)
-    totals = {
-        key: sum(row.get(key, 0) for row in recorder.rows)
-        for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted", "declined")
-    }
-    faults = {key: sum(row.get(key, 0) for row in recorder.rows) for key in ("timed_out",)}
-    faults["rounds_skipped"] = sum(row.get("skipped", 0) for row in recorder.rows)
-    metric_names = [*final]
-    recorder.plot("server_round", ["train_loss", *metric_names], "federated MF")
-    wall = time.perf_counter() - started
-    summary_privacy = {}
-    if cfg.privacy.record_level:
-        summary_privacy["epsilon_per_user"] = {
-            "min": last.get("epsilon_min", 0.0),
-            "median": last.get("epsilon_median", 0.0),
-            "max": last.get("epsilon_max", 0.0),
-            "users_reporting": last.get("clients_with_epsilon", 0),
-            "budget": cfg.privacy.target_epsilon,
-            # distinct users who sat out at least one round because their budget was spent
-            "users_at_budget": last.get("users_at_budget", 0),
-        }
-    if plan.user_level is not None:
-        summary_privacy["user_level"] = {
-            "epsilon": final["user_level_epsilon"],
-            "delta": plan.user_level.delta,
-            "noise_multiplier": plan.user_level.noise_multiplier,
-            "clip_norm": plan.user_level.clip_norm,
-            "sample_rate": plan.user_level.sample_rate,
-            "denominator": plan.user_level.expected_clients,
-            "rounds": plan.user_level.rounds,
-            "accountant": plan.user_level.accountant,
-            "budget": cfg.privacy.user_target_epsilon,
-        }
-    recorder.write_summary(
-        {
-            "job": "simulate",
-            "dataset": split.train.source,
-            "data_notes": list(split.train.notes),
-            "num_clients": len(users),
-            "num_items": split.train.num_items,
-            "rounds": fed.rounds,
-            "privacy": {
-                "mode": cfg.privacy.mode,
-                "guarantee": PRIVACY_MODES.get(cfg.privacy.mode).guarantee,
-                "delta": cfg.privacy.delta,
-                "accountant": cfg.privacy.accountant,
-                **(
-                    {  # DP-SGD's settings, only where DP-SGD runs
-                        "noise_multiplier": cfg.privacy.noise_multiplier,
-                        "max_grad_norm": cfg.privacy.max_grad_norm,
-                    }
-                    if cfg.privacy.record_level
-                    else {}
-                ),
-            },
-            "final": final,
-            "updates": totals,
-            "faults": {
-                **faults,
-                "injected": dataclasses.asdict(cfg.faults),
-                "resumed_after_round": None if checkpoint is None else checkpoint.server_round,
-            },
-            **summary_privacy,
-            "secure_aggregation": (
-                {
-                    **dataclasses.asdict(secagg),
-                    "server_saw": SERVER_SAW,
-                    "quantization_step": secagg.quantization_step,
-                    "clipped_values": sum(
-                        row.get("secagg_clipped_values", 0) for row in recorder.rows
-                    ),
-                }
-                if secagg.enabled
-                else {"name": "none", "server_saw": "each device's update"}
-            ),
-            "wall_time_s": wall,
-            "seconds_per_round": [row["seconds"] for row in recorder.rows],
-        }
+    np.savez_compressed(run_dir / "item_table.npz", **finished)
+    return simulate_summary(
+        cfg,
+        plan,
+        recorder,
+        split,
+        num_clients=len(source),
+        resumed_after=None if checkpoint is None else checkpoint.server_round,
+        wall_s=time.perf_counter() - started,
     )
-    return final

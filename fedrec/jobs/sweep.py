@@ -162,7 +162,7 @@ def run_points(cfg: SweepJobConfig) -> list[tuple[str, float, int, list[str]]]:
 
 
 def run_sweep(cfg: SweepJobConfig, run_dir: str | Path) -> dict[str, float]:
-    from fedrec.cli import compose
+    from fedrec.config import compose
     from fedrec.jobs.popularity import popularity_point
     from fedrec.jobs.simulate import run_simulate
 

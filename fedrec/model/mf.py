@@ -8,30 +8,13 @@ all of them (a bare ``nn.Parameter`` is not supported by its grad samplers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-USER_SIDE = ("user_embedding.weight", "user_bias.weight")
-ITEM_SIDE = ("item_embedding.weight", "item_bias.weight", "global_bias.weight")
+from fedrec.model.spec import ITEM_SIDE, USER_SIDE, ModelSpec
 
-
-@dataclass
-class ModelSpec:
-    """Mirrors ``configs/model/*.yaml``. ``init_std`` scales the random initial embeddings."""
-
-    embedding_dim: int = 64
-    init_std: float = 0.1
-
-    def __post_init__(self) -> None:
-        # The bounds a device also enforces (fedrec.client.messages): a config outside them is
-        # refused here, before any federation starts, instead of by every device mid-run.
-        if self.embedding_dim < 1:
-            raise ValueError(f"model.embedding_dim={self.embedding_dim}; expected >= 1")
-        if not 0 < self.init_std <= 10:
-            raise ValueError(f"model.init_std={self.init_std}; expected 0 < init_std <= 10")
+__all__ = ["ITEM_SIDE", "USER_SIDE", "MatrixFactorization", "ModelSpec", "random_item_arrays"]
 
 
 class MatrixFactorization(nn.Module):

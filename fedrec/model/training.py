@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from fedrec.model.objective import Objective
+from fedrec.model.spec import OPTIMIZER_NAMES
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+OPTIMIZERS = dict(
+    zip(OPTIMIZER_NAMES, (torch.optim.SGD, torch.optim.Adam, torch.optim.Adagrad), strict=True)
+)
 LR_SCHEDULES = ("constant", "cosine")
 
 

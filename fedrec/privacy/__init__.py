@@ -1,14 +1,11 @@
-"""Opacus wiring, accountants over whole runs, and privacy settings."""
+"""Privacy settings, Opacus wiring, accountants over whole runs, ledgers and budgets.
 
-from fedrec.privacy.accounting import (
-    ACCOUNTANTS,
-    PrivacyAccountingError,
-    PrivacyStep,
-    epsilon_spent,
-    new_accountant,
-)
-from fedrec.privacy.dp_sgd import PrivacySpec, PrivateTraining, make_private
+Names are imported lazily (:mod:`fedrec.lazy`): the settings and modes need no Opacus.
+"""
+
+from fedrec.lazy import lazy_exports
 from fedrec.privacy.modes import PRIVACY_MODES, PrivacyMode
+from fedrec.privacy.spec import ACCOUNTANTS, PrivacySpec
 
 __all__ = [
     "ACCOUNTANTS",
@@ -22,3 +19,14 @@ __all__ = [
     "make_private",
     "new_accountant",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "PrivacyAccountingError": "fedrec.privacy.accounting",
+        "PrivacyStep": "fedrec.privacy.accounting",
+        "epsilon_spent": "fedrec.privacy.accounting",
+        "new_accountant": "fedrec.privacy.accounting",
+        "PrivateTraining": "fedrec.privacy.dp_sgd",
+        "make_private": "fedrec.privacy.dp_sgd",
+    },
+)

@@ -17,13 +17,10 @@ from opacus.accountants.accountant import IAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spent
 
-ACCOUNTANTS = ("rdp", "prv")
+from fedrec.privacy.spec import ACCOUNTANTS, PrivacyAccountingError
+
 PrivacyStep = tuple[float, float, int]  # (noise_multiplier, sample_rate, num_steps)
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
-
-
-class PrivacyAccountingError(RuntimeError):
-    """ε could not be computed: privacy fails closed, so the client must not train or send."""
 
 
 def new_accountant(name: str, history: Sequence[PrivacyStep] = ()) -> IAccountant:

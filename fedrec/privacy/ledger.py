@@ -11,8 +11,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedrec.privacy.accounting import PrivacyStep, epsilon_spent
-
 
 class PrivacyBudgetExhausted(RuntimeError):
     """Training this round would take the user's ε past their budget: the device sits it out."""
@@ -37,11 +35,13 @@ class PrivacyLedger:
     def epsilon(self) -> float:
         return self.entries[-1].epsilon if self.entries else 0.0
 
-    def history(self) -> list[PrivacyStep]:
+    def history(self) -> list[tuple[float, float, int]]:
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries]
 
     def epsilon_after(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """ε if a round with these parameters were charged now (nothing is recorded)."""
+        from fedrec.privacy.accounting import epsilon_spent  # Opacus: only when ε is computed
+
         return epsilon_spent(
             [*self.history(), (noise_multiplier, sample_rate, steps)],
             delta=self.delta,

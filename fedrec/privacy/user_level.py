@@ -38,8 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.privacy.accounting import PrivacyAccountingError, epsilon_spent, solve_noise_multiplier
-from fedrec.privacy.dp_sgd import PrivacySpec
+from fedrec.privacy.spec import PrivacyAccountingError, PrivacySpec
 
 Update = Mapping[str, np.ndarray]
 
@@ -162,6 +161,8 @@ class UserLevelPlan:
             raise ValueError(f"rounds={rounds}; expected >= 0")
         if rounds == 0:
             return 0.0
+        from fedrec.privacy.accounting import epsilon_spent
+
         return epsilon_spent(
             [(self.noise_multiplier, self.sample_rate, rounds)],
             delta=self.delta,
@@ -191,6 +192,8 @@ def plan_user_level(
     sample_rate = clients_per_round / num_clients
     noise_multiplier = privacy.user_noise_multiplier
     if privacy.solve_user_noise_multiplier:
+        from fedrec.privacy.accounting import solve_noise_multiplier
+
         noise_multiplier = solve_noise_multiplier(
             privacy.user_target_epsilon, privacy.delta, sample_rate, rounds, privacy.accountant
         )

@@ -1,0 +1,99 @@
+"""The schema of ``configs/simulate.yaml`` (``fedrec simulate``, ``flwr run``, the sweep's runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedrec.config.faults import FaultSpec
+from fedrec.config.secure_aggregation import SecureAggregationSpec
+from fedrec.data import DatasetSpec
+from fedrec.eval import EvalSpec
+from fedrec.federation.defenses import DefenseSpec
+from fedrec.federation.server_step import StrategySpec
+from fedrec.model.spec import ModelSpec
+from fedrec.privacy.spec import PrivacySpec
+from fedrec.protocol.settings import LocalTrainingSpec
+
+WEIGHTINGS = ("uniform", "examples")
+ENGINES = ("per_user", "cohort")
+TRAINERS = ("auto", "opacus", "closed_form")
+
+
+@dataclass
+class FederationSpec:
+    """Mirrors ``configs/federation/*.yaml``: who takes part, how often, how they train.
+
+    ``num_clients`` 0 means every user of the dataset; ``eval_clients_per_round`` -1 means every
+    client, 0 none. ``clients_per_round`` is a number of users on every engine (with user-level
+    DP, the expected number: users are then Poisson-sampled). ``weighting``: ``uniform``
+    (default; a client's log size stays on the device) or ``examples`` (FedAvg by log size, which
+    tells the server each user's count). ``local`` is how each device trains in a round: the very
+    settings the server sends. ``timeout_s``: how long the server waits for a round's replies;
+    ``min_replies``: a round with fewer accepted updates is skipped (not with user-level DP).
+    ``state_store``: simulated devices keep their state in ``device_states.sqlite`` in the run
+    directory (what makes ``resume=`` possible) rather than in the simulation's memory.
+
+    ``engine``: ``per_user`` (one Flower node per user, the deployment's shape) or ``cohort``
+    (``cohort_nodes`` nodes, each playing a block of users; the same per-user DP-SGD and the same
+    results). ``trainer``: the local-training implementation
+    (:data:`fedrec.training.trainers.TRAINERS`); ``auto`` is Opacus on per-user nodes and the
+    stacked closed form (``cohort_chunk`` users at a time) on cohort nodes.
+    """
+
+    num_clients: int = 0
+    clients_per_round: int = 20
+    rounds: int = 10
+    local: LocalTrainingSpec = field(default_factory=LocalTrainingSpec)
+    weighting: str = "uniform"
+    eval_clients_per_round: int = -1
+    refit_epochs: int = 0
+    refit_lr: float = 0.05
+    global_bias_init: float = 0.0
+    eval_every_rounds: int = 1
+    timeout_s: float = 3600.0
+    min_replies: int = 1
+    state_store: bool = True
+    client_cpus: float = 1.0
+    ray_cpus: int = 0  # 0: all cores
+    engine: str = "per_user"
+    trainer: str = "auto"
+    cohort_nodes: int = 2
+    cohort_chunk: int = 256
+
+    def __post_init__(self) -> None:
+        for name, value, accepted in (
+            ("weighting", self.weighting, WEIGHTINGS),
+            ("engine", self.engine, ENGINES),
+            ("trainer", self.trainer, TRAINERS),
+        ):
+            if value not in accepted:
+                raise ValueError(f"federation.{name}='{value}'; accepted: {', '.join(accepted)}")
+        if self.num_clients < 0:
+            raise ValueError(f"federation.num_clients={self.num_clients}; expected >= 0")
+        if self.cohort_nodes < 1 or self.cohort_chunk < 1:
+            raise ValueError("federation.cohort_nodes and federation.cohort_chunk must be >= 1")
+
+    @property
+    def resolved_trainer(self) -> str:
+        if self.trainer != "auto":
+            return self.trainer
+        return "opacus" if self.engine == "per_user" else "closed_form"
+
+
+@dataclass
+class SimulateJobConfig:
+    """The schema of ``configs/simulate.yaml``."""
+
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    federation: FederationSpec = field(default_factory=FederationSpec)
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    faults: FaultSpec = field(default_factory=FaultSpec)
+    secure_aggregation: SecureAggregationSpec = field(default_factory=SecureAggregationSpec)
+    seed: int = 0
+    resume: str = ""  # a run directory: continue that run after its last checkpointed round
+    # How the server combines the round's updates: none (the strategy's mean) or a robust rule
+    # (configs/defense/, the rules fedrec poison measures); per-user nodes only.
+    defense: DefenseSpec = field(default_factory=DefenseSpec)

@@ -1,0 +1,124 @@
+"""``summary.json`` of a federation run: what a reader of the run directory needs first."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fedrec.config.secure_aggregation import SERVER_SAW
+from fedrec.config.simulate import SimulateJobConfig
+from fedrec.data import Split
+from fedrec.federation.loop import FederationPlan
+from fedrec.privacy import PRIVACY_MODES
+from fedrec.run_dir import RunRecorder
+
+
+def final_metrics(cfg: SimulateJobConfig, last: dict, *, user_level: bool) -> dict[str, float]:
+    """The last round's evaluation metrics and ε: what the command returns."""
+    names = (
+        set(cfg.eval.full_metrics)
+        | {f"sampled_{m}" for m in cfg.eval.sampled_metrics}
+        | {"rmse", "mae"}
+    )
+    final = {k: v for k, v in last.items() if k in names}
+    final |= {
+        "epsilon_max": last.get("epsilon_max", 0.0),
+        "epsilon_median": last.get("epsilon_median", 0.0),
+    }
+    if user_level:
+        final["user_level_epsilon"] = last.get("user_level_epsilon", 0.0)
+    return final
+
+
+def simulate_summary(
+    cfg: SimulateJobConfig,
+    plan: FederationPlan,
+    recorder: RunRecorder,
+    split: Split,
+    *,
+    num_clients: int,
+    resumed_after: int | None,
+    wall_s: float,
+) -> dict[str, float]:
+    """Write ``summary.json`` and the metrics plot; return the final metrics."""
+    rows = recorder.rows
+    last = rows[-1] if rows else {}
+    final = final_metrics(cfg, last, user_level=plan.user_level is not None)
+    totals = {
+        key: sum(row.get(key, 0) for row in rows)
+        for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted", "declined")
+    }
+    faults = {key: sum(row.get(key, 0) for row in rows) for key in ("timed_out",)}
+    faults["rounds_skipped"] = sum(row.get("skipped", 0) for row in rows)
+    recorder.plot("server_round", ["train_loss", *final], "federated MF")
+    privacy = cfg.privacy
+    summary_privacy = {}
+    if privacy.record_level:
+        summary_privacy["epsilon_per_user"] = {
+            "min": last.get("epsilon_min", 0.0),
+            "median": last.get("epsilon_median", 0.0),
+            "max": last.get("epsilon_max", 0.0),
+            "users_reporting": last.get("clients_with_epsilon", 0),
+            "budget": privacy.target_epsilon,
+            # distinct users who sat out at least one round because their budget was spent
+            "users_at_budget": last.get("users_at_budget", 0),
+        }
+    if plan.user_level is not None:
+        summary_privacy["user_level"] = {
+            "epsilon": final["user_level_epsilon"],
+            "delta": plan.user_level.delta,
+            "noise_multiplier": plan.user_level.noise_multiplier,
+            "clip_norm": plan.user_level.clip_norm,
+            "sample_rate": plan.user_level.sample_rate,
+            "denominator": plan.user_level.expected_clients,
+            "rounds": plan.user_level.rounds,
+            "accountant": plan.user_level.accountant,
+            "budget": privacy.user_target_epsilon,
+        }
+    secagg = cfg.secure_aggregation
+    recorder.write_summary(
+        {
+            "job": "simulate",
+            "dataset": split.train.source,
+            "data_notes": list(split.train.notes),
+            "num_clients": num_clients,
+            "num_items": split.train.num_items,
+            "rounds": cfg.federation.rounds,
+            "engine": cfg.federation.engine,
+            "trainer": cfg.federation.resolved_trainer,
+            "privacy": {
+                "mode": privacy.mode,
+                "guarantee": PRIVACY_MODES.get(privacy.mode).guarantee,
+                "delta": privacy.delta,
+                "accountant": privacy.accountant,
+                **(
+                    {  # DP-SGD's settings, only where DP-SGD runs
+                        "noise_multiplier": privacy.noise_multiplier,
+                        "max_grad_norm": privacy.max_grad_norm,
+                    }
+                    if privacy.record_level
+                    else {}
+                ),
+            },
+            "final": final,
+            "updates": totals,
+            "faults": {
+                **faults,
+                "injected": dataclasses.asdict(cfg.faults),
+                "resumed_after_round": resumed_after,
+            },
+            **summary_privacy,
+            "secure_aggregation": (
+                {
+                    **dataclasses.asdict(secagg),
+                    "server_saw": SERVER_SAW,
+                    "quantization_step": secagg.quantization_step,
+                    "clipped_values": sum(row.get("secagg_clipped_values", 0) for row in rows),
+                }
+                if secagg.enabled
+                else {"name": "none", "server_saw": "each device's update"}
+            ),
+            "wall_time_s": wall_s,
+            "seconds_per_round": [row["seconds"] for row in rows],
+        }
+    )
+    return final

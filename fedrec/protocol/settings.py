@@ -1,0 +1,202 @@
+"""The settings of one round, as the server sends them and a device checks them.
+
+The server flattens :class:`RoundSettings` into ``{"training.lr": 0.05, ...}`` (a Flower
+ConfigRecord's shape) with :func:`round_config`; the device rebuilds and validates them with
+:func:`parse_round_config`, which refuses unknown keys and out-of-range values instead of training
+with them. :data:`ROUND_CONFIG_DOCS` says, for every key, its allowed values and meaning (the
+app teams' reference table is generated from it, and a test keeps it complete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedrec.model.spec import OPTIMIZER_NAMES, ModelSpec
+from fedrec.privacy.spec import PrivacySpec
+from fedrec.protocol.wire import RoundRefused
+
+MAX_EMBEDDING_DIM = 4096  # a device's own ceiling on the model size a server may ask for
+
+
+@dataclass
+class LocalTrainingSpec:
+    """How a device trains in one round; sent by the server, checked by the device."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    l2: float = 0.0
+    num_negatives: int = 4
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"optimizer='{self.optimizer}'; accepted: {', '.join(OPTIMIZER_NAMES)}"
+            )
+        if not 1 <= self.epochs <= 100:
+            raise ValueError(f"epochs={self.epochs}; expected 1..100")
+        if not 1 <= self.batch_size <= 100_000:
+            raise ValueError(f"batch_size={self.batch_size}; expected 1..100000")
+        if not 0 < self.lr <= 10:
+            raise ValueError(f"lr={self.lr}; expected 0 < lr <= 10")
+        if self.l2 < 0 or self.num_negatives < 0:
+            raise ValueError("l2 and num_negatives must be >= 0")
+
+
+@dataclass
+class LocalEvalSpec:
+    """How a device scores itself. ``refit_epochs``: see
+    :func:`fedrec.training.evaluate.evaluate_user`."""
+
+    full_metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@20", "hr@10"])
+    sampled_metrics: list[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
+    rating_metrics: bool = False
+    refit_epochs: int = 0
+    refit_lr: float = 0.05
+
+
+@dataclass
+class RoundSettings:
+    """Everything a device needs for one round, typed and checked."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    training: LocalTrainingSpec = field(default_factory=LocalTrainingSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    evaluation: LocalEvalSpec = field(default_factory=LocalEvalSpec)
+    explicit: bool = False
+    seed: int = -1  # -1: draw fresh randomness on the device
+    server_round: int = 0
+    weight_by_examples: bool = False
+
+
+SECTIONS = {
+    "model": ModelSpec,
+    "training": LocalTrainingSpec,
+    "privacy": PrivacySpec,
+    "evaluation": LocalEvalSpec,
+}
+SCALARS = {"explicit": bool, "seed": int, "server-round": int, "weight_by_examples": bool}
+_SCALAR_FIELDS = {"explicit": "explicit", "seed": "seed", "server-round": "server_round"}
+_SCALAR_FIELDS["weight_by_examples"] = "weight_by_examples"
+
+
+def round_config(settings: RoundSettings) -> dict[str, Any]:
+    """Flatten settings into ``{"training.lr": 0.05, ...}`` (a Flower ConfigRecord's shape).
+    A setting that is None is left out: a ConfigRecord has no null, and absent means default."""
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        for name, value in dataclasses.asdict(getattr(settings, section)).items():
+            if value is not None:
+                flat[f"{section}.{name}"] = value
+    for key, attribute in _SCALAR_FIELDS.items():
+        flat[key] = getattr(settings, attribute)
+    return flat
+
+
+def parse_round_config(config: dict[str, Any]) -> RoundSettings:
+    """Rebuild and validate settings; any problem raises :class:`RoundRefused` with the reason."""
+    grouped: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    scalars: dict[str, Any] = {}
+    for key, value in config.items():
+        section, _, name = key.partition(".")
+        if section in SECTIONS and name:
+            fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+            if name not in fields:
+                raise RoundRefused(f"unknown config key '{key}'")
+            grouped[section][name] = value
+        elif key in SCALARS:
+            scalars[key] = value
+        else:
+            raise RoundRefused(f"unknown config key '{key}'")
+    missing = [key for key in SCALARS if key not in scalars]
+    if missing:
+        raise RoundRefused(f"config lacks {', '.join(missing)}")
+    try:
+        built = {section: cls(**grouped[section]) for section, cls in SECTIONS.items()}
+        typed = {key: kind(scalars[key]) for key, kind in SCALARS.items()}
+    except (TypeError, ValueError) as err:
+        raise RoundRefused(f"bad config: {err}") from None
+    model = built["model"]  # ModelSpec itself refuses init_std outside (0, 10] and dim < 1
+    if model.embedding_dim > MAX_EMBEDDING_DIM:
+        raise RoundRefused(
+            f"model.embedding_dim={model.embedding_dim}; expected 1..{MAX_EMBEDDING_DIM}"
+        )
+    return RoundSettings(
+        **built, **{attribute: typed[key] for key, attribute in _SCALAR_FIELDS.items()}
+    )
+
+
+# key → (allowed values, meaning): the reference for app teams (docs/app-teams.md's table is
+# generated from it by docs/gen_round_config.py; a test checks it covers every key).
+ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
+    "model.embedding_dim": (f"1..{MAX_EMBEDDING_DIM}", "columns of the item table"),
+    "model.init_std": ("(0, 10]", "std of a fresh user embedding (and of the server's table)"),
+    "training.epochs": ("1..100", "local epochs per round"),
+    "training.batch_size": ("1..100000", "local batch size (DP-SGD: expected Poisson batch)"),
+    "training.lr": ("(0, 10]", "local learning rate (the server may decay it per round)"),
+    "training.optimizer": (", ".join(OPTIMIZER_NAMES), "local optimizer"),
+    "training.l2": (">= 0", "L2 penalty on the parameters an example touches"),
+    "training.num_negatives": (">= 0", "sampled negatives per positive (implicit feedback)"),
+    "privacy.mode": (
+        "none, record, user, both",
+        "DP-SGD on the device (record), clipped update for the server's DP-FedAvg (user), or both",
+    ),
+    "privacy.noise_multiplier": (">= 0", "DP-SGD σ (unless solved from target_epsilon)"),
+    "privacy.max_grad_norm": ("> 0", "DP-SGD per-example clipping norm C"),
+    "privacy.delta": ("(0, 1)", "δ of every ε reported"),
+    "privacy.target_epsilon": ("> 0; absent: no limit", "the user's record-level budget"),
+    "privacy.solve_noise_multiplier": ("true, false", "the device solves σ from its budget"),
+    "privacy.planned_rounds": (">= 0", "rounds the solved σ must last"),
+    "privacy.accountant": ("rdp, prv", "Opacus accountant of the ledger"),
+    "privacy.grad_sample_mode": ("ghost, hooks", "Opacus per-sample gradient mode"),
+    "privacy.user_clip_norm": ("> 0", "L2 bound on the whole update (user-level DP)"),
+    "privacy.user_noise_multiplier": (">= 0", "server noise z (user-level DP; informational)"),
+    "privacy.user_target_epsilon": ("> 0; absent: none", "the run's user-level budget"),
+    "privacy.solve_user_noise_multiplier": ("true, false", "the server solves z"),
+    "evaluation.full_metrics": (
+        "list of ndcg@K, hr@K, recall@K, precision@K, mrr@K",
+        "full-ranking metrics the device reports",
+    ),
+    "evaluation.sampled_metrics": ("list, as full_metrics", "metrics against sampled negatives"),
+    "evaluation.rating_metrics": ("true, false", "RMSE/MAE on held-out ratings"),
+    "evaluation.refit_epochs": (">= 0", "refit a throw-away user embedding before scoring"),
+    "evaluation.refit_lr": ("> 0", "learning rate of that refit"),
+    "explicit": ("true, false", "ratings as targets (MSE) instead of implicit feedback"),
+    "seed": ("integer; -1: fresh randomness", "the run's seed the device derives its own from"),
+    "server-round": ("integer >= 0", "the round (0: the untrained baseline's evaluation)"),
+    "weight_by_examples": ("true, false", "report the log size as num-examples (FedAvg weight)"),
+}
+
+
+def round_config_keys() -> list[str]:
+    """Every key :func:`round_config` can send, in order."""
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    return [*keys, *SCALARS]
+
+
+def round_config_table() -> str:
+    """The server config's reference table (markdown): every key :func:`round_config` sends,
+    its type, allowed values, default and meaning. ``docs/app-teams.md`` holds this very text
+    (a test compares them)."""
+    defaults = round_config(RoundSettings())
+    rows = [
+        "| key | type | allowed values | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key in round_config_keys():
+        allowed, meaning = ROUND_CONFIG_DOCS[key]
+        default = defaults.get(key, "absent")
+        kind = _type_name(key)
+        rows.append(f"| `{key}` | {kind} | {allowed} | `{default}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def _type_name(key: str) -> str:
+    section, _, name = key.partition(".")
+    if section in SECTIONS and name:
+        field_type = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[name]
+        return str(field_type).replace(" | None", " or absent").replace("|", "or")
+    return SCALARS[key].__name__
