@@ -13,8 +13,9 @@ endif
 TORCH := torch==2.13.0
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench docs
 
 setup: $(STAMP)
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,docs]"
 	@touch $@
 
 run: setup
@@ -37,3 +38,7 @@ lint: setup
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/centralized_vs_peers.py
+
+# The documentation site (mkdocs.yml, docs/) in site/; --strict fails on any warning.
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site

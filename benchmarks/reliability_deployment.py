@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from fedrec.loopback import Processes, free_port, loopback_env, wait_for_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loopback import Processes, free_port, loopback_env, wait_for_port  # noqa: E402
 
-from fedrec.client import FedrecClient
+from fedrec.client import FedrecClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 400  # the synthetic "small" preset the ServerApp's config names

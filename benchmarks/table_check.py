@@ -6,7 +6,7 @@ Honest in-process federations on ML-100K (the audit's recipe: Adam lr 0.01, 2 lo
 dim 64, FedAvg server_lr 40, all clients every round) in every privacy setting of the audit:
 none, record-level and user-level DP at ε 16/8/4/1 (user-level: the server's noisy mean, as
 DP-FedAvg releases it). Every table the server sends from round 1 on is checked as a device
-checks it (:func:`fedrec.client.table_check.check_item_table`, with and without the previous
+checks it (:func:`fedrec.training.table_check.check_item_table`, with and without the previous
 table); a refusal of an honest table is a false alarm. Each round the active server's crafted
 table (``bias_silencing``) is checked too; a crafted table accepted is a miss.
 """
@@ -158,7 +158,7 @@ def main(argv: list[str]) -> None:
         f"- setting: ML-100K implicit, {args.clients} honest users all training every round, "
         f"{args.rounds} rounds, the audit's recipe (Adam lr 0.01, 2 local epochs, dim 64, FedAvg "
         f"server_lr 40); seeds {seeds}; tables of rounds 2..{args.rounds} checked as a device "
-        "checks them (fedrec.client.table_check defaults), with and without the previous table; "
+        "checks them (fedrec.training.table_check defaults), with and without the previous table; "
         "the crafted table (every bias at −30) checked every round, with and without the "
         f"previous table. {wall / 60:.1f} min.",
         f"- false alarms: {total_false}/{total_honest} honest checks refused; crafted tables "

@@ -2,10 +2,10 @@
 
 An app records interactions as they happen, asks the user for consent, and hands the client the
 shared item table when a round comes; :meth:`FedrecClient.train_round` then runs the
-on-device round (:func:`fedrec.client.closed_form.train_user_round`: train_round's contract and
-numbers) on the consented interactions and returns the update to send. The deployment
-ClientApp drives the same object, so an app, a Flower SuperNode and a test all go through the
-same consent gate and the same sent-log.
+on-device round (:func:`fedrec.training.trainers.train_one` with the closed-form trainer: the
+Opacus round's contract and numbers) on the consented interactions and returns the update to
+send. The deployment ClientApp drives the same object (:mod:`fedrec.client.device`), so an app,
+a Flower SuperNode and a test all go through the same consent gate and the same sent-log.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class FedrecClient:
         that moment: a withdrawal during the round discards the update. Raises
         :class:`ConsentRequired`, :class:`NothingToTrain`, or the trainer's
         ``PrivacyBudgetExhausted`` (nothing trained, nothing to send); and ``RoundRefused``
-        (:class:`~fedrec.client.table_check.ImplausibleTable`, with the reason) for a table that
+        (:class:`~fedrec.training.table_check.ImplausibleTable`, with the reason) for a table that
         does not fit this device or looks crafted, before anything is trained.
         """
         self._check_item_arrays(item_arrays)

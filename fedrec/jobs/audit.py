@@ -2,7 +2,7 @@
 user interacted with, per privacy mode and budget, next to the accuracy the budget leaves.
 
 For each setting (``none``; ``record`` and ``user`` at every ε in ``epsilons``) a short
-federation runs in-process (:mod:`fedrec.audit.run`), and every round the server attacks every
+federation runs in-process (:mod:`fedrec.membership.run`), and every round the server attacks every
 participant's update. Writes ``audit.csv``, ``audit.md`` and ``audit.png`` in the run directory.
 """
 
@@ -135,7 +135,9 @@ def run_audit(cfg: AuditJobConfig, run_dir: str | Path) -> dict[str, float]:
             "participants": fed.num_clients,
             "shadow_clients": fed.shadow_clients,
             "rounds": fed.rounds,
-            "bound": "AUC ≤ ∫ min(1, e^ε x + δ, 1 − e^−ε (1 − δ − x)) dx (fedrec.audit.bounds)",
+            "bound": (
+                "AUC ≤ ∫ min(1, e^ε x + δ, 1 − e^−ε (1 − δ − x)) dx (fedrec.membership.bounds)"
+            ),
             "rows": table,
         }
     )

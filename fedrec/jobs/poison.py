@@ -1,6 +1,6 @@
 """``fedrec poison``: malicious clients promote a target item; the server defends (or not).
 
-One in-process federation (:mod:`fedrec.attack.run`) per config: ``attack=`` (``none``,
+One in-process federation (:mod:`fedrec.poisoning.run`) per config: ``attack=`` (``none``,
 ``boost``, ``pipattack``; ``attack.fraction``, ``attack.target_item``) and ``defense=``
 (``none``, ``norm_bound``, ``median``, ``trimmed_mean``, ``krum``). Writes the target's exposure
 and honest users' NDCG@10 per round to ``metrics.csv`` (and ``metrics.png``), and

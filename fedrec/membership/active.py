@@ -13,7 +13,7 @@ update's non-zero rows are then exactly the user's training items (with Adam, B 
 
 DP-SGD's guarantee does not depend on the model a round starts from, so it holds against any
 crafted table; the audit measures that (the in/out game under the crafted table). A device
-can also refuse an implausible table: :mod:`fedrec.client.table_check`.
+can also refuse an implausible table: :mod:`fedrec.training.table_check`.
 """
 
 from __future__ import annotations

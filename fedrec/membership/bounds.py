@@ -24,7 +24,7 @@ two distributions. With δ = 0 the bound is e^ε / (1 + e^ε): 0.731 at ε = 1, 
 
 What the bound covers: the game "this one record is in the user's data or not, everything else
 fixed". The audit's main AUC pools different items of one user (a positive against the other
-items), which is the practical question but not exactly that game; :mod:`fedrec.audit.game`
+items), which is the practical question but not exactly that game; :mod:`fedrec.membership.game`
 plays the exact game, whose AUC the bound must contain.
 """
 

@@ -4,7 +4,7 @@ For each audited user one training item i is drawn; the user's round is run twic
 state: once on the real log (the update the server really got) and once on the log without i
 (a counterfactual, with fresh randomness). An attack scores item i in both updates; the ROC AUC
 of "in" scores against "out" scores, pooled over users and rounds, is what the (ε, δ) bound
-of :mod:`fedrec.audit.bounds` must contain (pooling is a mixture of per-user games, which obeys
+of :mod:`fedrec.membership.bounds` must contain (pooling is a mixture of per-user games, which obeys
 the same bound). The audit's main AUC (a user's items against their other items) is the more
 practical number but compares different items, so it is not exactly this game.
 """

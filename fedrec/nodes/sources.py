@@ -1,9 +1,9 @@
-"""Where a Flower node finds its one user's data.
+"""Where a simulated node finds its users' data: users of a split, by position.
 
-In simulation every node is one user of a split, chosen by the node's ``partition-id``. A
-deployed node instead names its user's SQLite store (``store=...`` in the node config); the
-ClientApp then drives that store's :class:`fedrec.client.FedrecClient` (see
-``fedrec.client.app``), so consent and the sent-log apply, and no source is consulted.
+A simulation node holds a block of the split's users (:class:`~fedrec.nodes.block.BlockNode`);
+a deployed node instead names its user's SQLite store (``store=...`` in the node config) and is
+served by :mod:`fedrec.client.device`, so consent and the sent-log apply and no source is
+consulted.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Closed-form DP-SGD for matrix factorization: many users' local rounds at once (the simulation's
 cohort engine), or one (the embedded client).
 
-Each user still runs *their own* round exactly as :func:`fedrec.client.trainer.train_round`
+Each user still runs *their own* round exactly as :func:`fedrec.training.opacus_round.train_round`
 does on a device: their own random generator (same seed, same draws in the same order), their
 own Poisson sampling, per-example clipping at their own norm bound, their own Gaussian noise on
 every parameter, their own optimizer state, and their own privacy ledger, checked before and
