@@ -17,6 +17,7 @@ before anything is written to it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -29,6 +30,9 @@ import numpy as np
 
 from fedrec.client.consent import ConsentEvent
 from fedrec.privacy.ledger import LedgerEntry, PrivacyLedger
+
+# ledger_entries' columns: the fields of PrivacyLedger.to_dict()'s entries
+LEDGER_COLUMNS = tuple(f.name for f in dataclasses.fields(LedgerEntry))
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x66647263  # "fdrc": marks the file as a fedrec store
@@ -275,12 +279,14 @@ class LocalStore:
         accountant = self._meta("ledger.accountant", "")
         if not accountant:
             return None
-        rows = self._db.execute(
-            "SELECT server_round, noise_multiplier, sample_rate, steps, epsilon "
-            "FROM ledger_entries ORDER BY position"
-        )
-        return PrivacyLedger(
-            accountant, float(self._meta("ledger.delta")), [LedgerEntry(*row) for row in rows]
+        columns = ", ".join(LEDGER_COLUMNS)
+        rows = self._db.execute(f"SELECT {columns} FROM ledger_entries ORDER BY position")
+        return PrivacyLedger.from_dict(  # the one ledger codec, one table row per entry
+            {
+                "accountant": accountant,
+                "delta": float(self._meta("ledger.delta")),
+                "entries": [dict(zip(LEDGER_COLUMNS, row, strict=True)) for row in rows],
+            }
         )
 
     @property
@@ -319,16 +325,14 @@ class LocalStore:
         """Write a trained round's state and sent log; call inside :meth:`transaction`."""
         self.write_arrays(db, USER_ARRAYS, user_arrays)
         if ledger is not None:
-            self._set_meta(db, "ledger.accountant", ledger.accountant)
-            self._set_meta(db, "ledger.delta", repr(float(ledger.delta)))
+            encoded = ledger.to_dict()
+            self._set_meta(db, "ledger.accountant", encoded["accountant"])
+            self._set_meta(db, "ledger.delta", repr(float(encoded["delta"])))
             db.execute("DELETE FROM ledger_entries")
             db.executemany(
-                "INSERT INTO ledger_entries (server_round, noise_multiplier, sample_rate, steps, "
-                "epsilon) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (e.server_round, e.noise_multiplier, e.sample_rate, e.steps, e.epsilon)
-                    for e in ledger.entries
-                ],
+                f"INSERT INTO ledger_entries ({', '.join(LEDGER_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(LEDGER_COLUMNS))})",
+                [tuple(entry[c] for c in LEDGER_COLUMNS) for entry in encoded["entries"]],
             )
         self._set_meta(db, "rounds_trained", str(int(rounds_trained)))
         db.execute(
