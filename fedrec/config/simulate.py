@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fedrec.config.faults import FaultSpec
@@ -13,10 +14,25 @@ from fedrec.federation.server_step import StrategySpec
 from fedrec.model.spec import ModelSpec
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.protocol.settings import LocalTrainingSpec
+from fedrec.registry import Registry
 
 WEIGHTINGS = ("uniform", "examples")
-ENGINES = ("per_user", "cohort")
 TRAINERS = ("auto", "opacus", "closed_form")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How a simulation lays its users out on Flower nodes, and the trainer ``auto`` means."""
+
+    nodes: Callable[[FederationSpec, int], int]  # (federation, users) -> simulation nodes
+    trainer: str
+
+
+ENGINES: Registry[Engine] = Registry("federation.engine")
+# One node per user: the deployment's shape, one Opacus engine per user.
+ENGINES.register("per_user")(Engine(lambda fed, users: users, "opacus"))
+# cohort_nodes nodes, each a block of users trained stacked in closed form.
+ENGINES.register("cohort")(Engine(lambda fed, users: min(fed.cohort_nodes, users), "closed_form"))
 
 
 @dataclass
@@ -61,9 +77,9 @@ class FederationSpec:
     cohort_chunk: int = 256
 
     def __post_init__(self) -> None:
+        ENGINES.get(self.engine)
         for name, value, accepted in (
             ("weighting", self.weighting, WEIGHTINGS),
-            ("engine", self.engine, ENGINES),
             ("trainer", self.trainer, TRAINERS),
         ):
             if value not in accepted:
@@ -75,9 +91,11 @@ class FederationSpec:
 
     @property
     def resolved_trainer(self) -> str:
-        if self.trainer != "auto":
-            return self.trainer
-        return "opacus" if self.engine == "per_user" else "closed_form"
+        return ENGINES.get(self.engine).trainer if self.trainer == "auto" else self.trainer
+
+    def nodes(self, users: int) -> int:
+        """How many simulation nodes play ``users`` users on this engine."""
+        return ENGINES.get(self.engine).nodes(self, users)
 
 
 @dataclass

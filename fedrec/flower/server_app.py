@@ -17,9 +17,21 @@ from fedrec.config.secure_aggregation import SecureAggregationSpec
 from fedrec.federation.loop import FederationPlan, run_rounds
 from fedrec.federation.record import RoundCallback
 from fedrec.flower.transport import FlowerTransport
+from fedrec.registry import Registry
 
 logger = logging.getLogger("fedrec.server")
 FinishCallback = Callable[[dict[str, np.ndarray]], None]
+
+# secure_aggregation.name -> (a function returning) the transport class that runs it; imported
+# only when a run asks for it (the SecAgg+ path pulls in Flower's legacy workflow).
+SECURE_TRANSPORTS: Registry[Callable[[], type]] = Registry("secure_aggregation")
+
+
+@SECURE_TRANSPORTS.register("secaggplus")
+def _secaggplus() -> type:
+    from fedrec.flower.secagg_server import SecAggTransport
+
+    return SecAggTransport
 
 
 def run_federation(
@@ -36,12 +48,11 @@ def run_federation(
 ) -> dict[str, np.ndarray]:
     """Wait for ``nodes`` nodes, discover their users, run the rounds (through SecAgg+ when
     ``secure_aggregation`` is given; it needs the ServerApp's ``context``)."""
-    if secure_aggregation is not None:
-        from fedrec.flower.secagg_server import SecAggTransport
-
+    if secure_aggregation is not None and secure_aggregation.enabled:
         if context is None:
-            raise ValueError("SecAgg+ needs the ServerApp's context")
-        transport: FlowerTransport = SecAggTransport(
+            raise ValueError("secure aggregation needs the ServerApp's context")
+        secure = SECURE_TRANSPORTS.get(secure_aggregation.name)()
+        transport: FlowerTransport = secure(
             grid, context, secure_aggregation, nodes=nodes, timeout_s=timeout_s
         )
     else:

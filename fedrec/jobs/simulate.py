@@ -116,10 +116,8 @@ def initial_item_arrays(cfg: SimulateJobConfig, num_items: int) -> dict[str, np.
 
 
 def node_count(cfg: SimulateJobConfig, users: int) -> int:
-    """How many simulation nodes play the ``users``: one each, or ``cohort_nodes`` blocks."""
-    if cfg.federation.engine == "cohort":
-        return min(cfg.federation.cohort_nodes, users)
-    return users
+    """How many simulation nodes play the ``users`` (the engine's layout)."""
+    return cfg.federation.nodes(users)
 
 
 def _progress(record: RoundRecord, rounds: int) -> str:
