@@ -62,7 +62,12 @@ class RunConfigSource:
         return self._sources[key]
 
 
-client_app = build_client_app(RunConfigSource())
+def trainer_of(context: Context) -> str:
+    """The local trainer the run's config names (``federation.trainer``; auto: the engine's)."""
+    return config_of(context.run_config).federation.resolved_trainer
+
+
+client_app = build_client_app(RunConfigSource(), trainer=trainer_of)
 server_app = ServerApp()
 
 

@@ -96,7 +96,7 @@ def build_client_app(
     *,
     mods: Sequence = (),
     state_store: str | None = None,
-    trainer: str = "closed_form",
+    trainer: str | Callable[[Context], str] = "closed_form",
     chunk_size: int = 256,
     secure_aggregation: bool = False,
 ) -> ClientApp:
@@ -128,7 +128,8 @@ def build_client_app(
         if outside:
             raise ValueError(f"asked for users {outside[:5]} outside this node's block {block}")
         keeper = StoreKeeper(state_store) if state_store else ContextKeeper(context.state)
-        return BlockNode(source, keeper, trainer=trainer, chunk_size=chunk_size)
+        chosen = trainer(context) if callable(trainer) else trainer
+        return BlockNode(source, keeper, trainer=chosen, chunk_size=chunk_size)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
