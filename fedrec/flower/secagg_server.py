@@ -91,6 +91,7 @@ class SecAggTransport(FlowerTransport):
         return sum(seat.node == node for seat in self.seats)
 
     def train(self, server_round: int, users: np.ndarray, arrays, config: dict):
+        self.clipped_values = 0
         names = sorted(arrays)
         parameters = ndarrays_to_parameters([np.asarray(arrays[name]) for name in names])
         self.round_config[WorkflowKey.CURRENT_ROUND] = server_round
