@@ -77,7 +77,11 @@ class FlowerTransport:
         ]
         answers = {
             reply.metadata.src_node_id: reply
-            for reply in self.grid.send_and_receive(messages, timeout=self.timeout_s)
+            # Not the round's timeout: a node's first message starts its process and imports
+            # torch, which on a loaded machine can take longer than a short round timeout allows.
+            for reply in self.grid.send_and_receive(
+                messages, timeout=max(self.timeout_s, max(0.0, deadline - time.monotonic()), 60.0)
+            )
         }
         blocks, stores = [], []
         for node in node_ids:
