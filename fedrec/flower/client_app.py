@@ -53,20 +53,18 @@ def describe_node(context: Context, source_of: SourceOf | None) -> dict[str, Any
         logger.error("%s", problem)
         return {"kind": "refused", "reason": int(problem.reason), "detail": str(problem)}
     if "partition-id" in node_config and source_of is not None:
-        source = source_of(context)
-        block = node_block(
-            int(node_config["partition-id"]), int(node_config["num-partitions"]), len(source)
-        )
+        block = _block_of(context, source_of(context))
         return {"kind": "block", "first": block.start, "count": len(block)}
     detail = "the node config names neither store=<path> nor a partition-id"
     logger.error("%s", detail)
     return {"kind": "refused", "reason": int(RefusalReason.NODE_MISCONFIGURED), "detail": detail}
 
 
-def _one_user(context: Context, node: BlockNode) -> bool:
-    partitions = int(context.node_config["num-partitions"])
-    return (
-        len(node_block(int(context.node_config["partition-id"]), partitions, len(node.source))) == 1
+def _block_of(context: Context, source: SplitUserSource) -> range:
+    """The users (positions in ``source``) a simulation node holds, from its node config."""
+    node_config = context.node_config
+    return node_block(
+        int(node_config["partition-id"]), int(node_config["num-partitions"]), len(source)
     )
 
 
@@ -116,20 +114,18 @@ def build_client_app(
         mods = [*mods, secaggplus_mod]
     app = ClientApp(mods=list(mods))
 
-    def block_node(context: Context, users: list[int]) -> BlockNode:
+    def block_node(context: Context, users: list[int] | None) -> tuple[BlockNode, range]:
+        """This node's block and its users; ``users`` None: all of them (SecAgg+)."""
         if source_of is None:
             raise ValueError("this ClientApp serves store nodes only (node config store=...)")
-        node_config = dict(context.node_config)
         source = source_of(context)
-        block = node_block(
-            int(node_config["partition-id"]), int(node_config["num-partitions"]), len(source)
-        )
-        outside = [u for u in users if u not in block]
+        block = _block_of(context, source)
+        outside = [u for u in users or () if u not in block]
         if outside:
             raise ValueError(f"asked for users {outside[:5]} outside this node's block {block}")
         keeper = StoreKeeper(state_store) if state_store else ContextKeeper(context.state)
         chosen = trainer(context) if callable(trainer) else trainer
-        return BlockNode(source, keeper, trainer=chosen, chunk_size=chunk_size)
+        return BlockNode(source, keeper, trainer=chosen, chunk_size=chunk_size), block
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -141,17 +137,10 @@ def build_client_app(
         node_config = dict(context.node_config)
         if STORE_KEY in node_config:
             return lambda config, arrays: train_from_store(node_config, arrays, config)
-        source = source_of(context) if source_of is not None else None
-        users = list(
-            node_block(
-                int(node_config["partition-id"]),
-                int(node_config["num-partitions"]),
-                len(source) if source is not None else 0,
-            )
-        )
 
         def answer(config, arrays):
-            reply = block_node(context, users).train(users, arrays, config)[0]
+            node, block = block_node(context, None)
+            reply = node.train(list(block), arrays, config)[0]
             return reply.arrays, encode_user_reply(reply.outcomes[0], reply.weight or 1.0)
 
         return answer
@@ -163,9 +152,9 @@ def build_client_app(
         config, arrays, users = _unpack(msg)
         if STORE_KEY in context.node_config:
             return _reply(msg, *train_from_store(dict(context.node_config), arrays, config))
-        node = block_node(context, users)
+        node, block = block_node(context, users)
         reply = node.train(users, arrays, config)[0]
-        if _one_user(context, node):  # the schema a deployed device sends: no user key
+        if len(block) == 1:  # the schema a deployed device sends: no user key
             outcome = reply.outcomes[0] if reply.outcomes else None
             if outcome is None:
                 return _reply(msg, None, {NUM_EXAMPLES: 0})
@@ -178,9 +167,9 @@ def build_client_app(
         config, arrays, users = _unpack(msg)
         if STORE_KEY in context.node_config:
             return _reply(msg, None, evaluate_from_store(dict(context.node_config), arrays, config))
-        node = block_node(context, users)
+        node, block = block_node(context, users)
         per_user = node.evaluate(users, arrays, config)
-        if _one_user(context, node):
+        if len(block) == 1:
             return _reply(msg, None, encode_user_evaluation(per_user[0] if per_user else None))
         return _reply(msg, None, encode_block_evaluation(per_user))
 

@@ -76,7 +76,7 @@ class SecAggTransport(FlowerTransport):
         timeout_s: float,
     ) -> None:
         super().__init__(grid, nodes=nodes, timeout_s=timeout_s)
-        if any(seat.kind == "block" and self._block_size(seat.node) > 1 for seat in self.seats):
+        if not all(seat.one_user for seat in self.seats):
             raise ValueError("SecAgg+ needs one user per node (federation.engine=per_user)")
         self.capture = _RoundCapture()
         self.legacy = LegacyContext(
@@ -86,9 +86,6 @@ class SecAggTransport(FlowerTransport):
         self.legacy.state.config_records[MAIN_CONFIGS_RECORD] = self.round_config
         self.workflow = spec.workflow(timeout_s=spec.timeout_s or timeout_s)
         self.clipped_values = 0
-
-    def _block_size(self, node: int) -> int:
-        return sum(seat.node == node for seat in self.seats)
 
     def train(self, server_round: int, users: np.ndarray, arrays, config: dict):
         self.clipped_values = 0
