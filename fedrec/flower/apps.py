@@ -81,7 +81,6 @@ def main(grid: Grid, context: Context) -> None:
     from fedrec.flower.server_app import run_federation
     from fedrec.jobs.simulate import (
         initial_item_arrays,
-        node_count,
         prepare_federation,
         round_reporter,
     )
@@ -99,7 +98,7 @@ def main(grid: Grid, context: Context) -> None:
         grid,
         plan,
         initial_item_arrays(cfg, split.train.num_items),
-        nodes=node_count(cfg, len(source)),
+        nodes=cfg.federation.nodes(len(source)),
         timeout_s=cfg.federation.timeout_s,
         on_round=round_reporter(recorder, plan.rounds),
         context=context,

@@ -115,11 +115,6 @@ def initial_item_arrays(cfg: SimulateJobConfig, num_items: int) -> dict[str, np.
     )
 
 
-def node_count(cfg: SimulateJobConfig, users: int) -> int:
-    """How many simulation nodes play the ``users`` (the engine's layout)."""
-    return cfg.federation.nodes(users)
-
-
 def _progress(record: RoundRecord, rounds: int) -> str:
     parts = [f"round {record.server_round}/{rounds}"]
     if record.server_round == 0:
@@ -226,7 +221,7 @@ def run_simulate(
         cfg.privacy.mode,
     )
     finished: dict[str, np.ndarray] = {}
-    nodes = node_count(cfg, len(source))
+    nodes = cfg.federation.nodes(len(source))
     server_app = build_server_app(
         plan,
         initial_item_arrays(cfg, split.train.num_items),
