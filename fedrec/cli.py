@@ -52,9 +52,16 @@ def _poison_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
     return PoisonJobConfig, run_poison, "exposure@10"
 
 
+def _tune_job() -> tuple[type, Callable[[Any, str], dict[str, float]], str]:
+    from fedrec.jobs.tune import TuneJobConfig, run_tune
+
+    return TuneJobConfig, run_tune, "ndcg@10"
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[..., dict[str, float]], str]]]] = {
     "train": ("centralized, non-private MF reference", _train_job),
-    "simulate": ("federated (DP-)MF, one Flower client per user", _simulate_job),
+    "simulate": ("federated (DP-)MF or (DP-)ALS, one Flower client per user", _simulate_job),
+    "tune": ("choose federated ALS's settings on a validation split, report test", _tune_job),
     "sweep": ("privacy budget vs accuracy: one federation per (mode, ε, seed)", _sweep_job),
     "audit": ("what a curious or active server learns about users' items, per ε", _audit_job),
     "poison": ("malicious clients promote a target item; the server's defenses", _poison_job),

@@ -14,6 +14,7 @@ COMMAND_SCHEMAS = {
     "train": "fedrec.jobs.train:TrainJobConfig",
     "simulate": "fedrec.config.simulate:SimulateJobConfig",
     "sweep": "fedrec.jobs.sweep:SweepJobConfig",
+    "tune": "fedrec.jobs.tune:TuneJobConfig",
     "audit": "fedrec.jobs.audit:AuditJobConfig",
     "poison": "fedrec.jobs.poison:PoisonJobConfig",
 }

@@ -91,6 +91,59 @@ RULES: list[Rule] = [
             _SECAGG + "no resume= and no faults.server_crash_round (no checkpoints on this path)"
         ),
     ),
+    (
+        lambda c: c.algorithm.name == "als" and c.dataset.mode != "implicit",
+        lambda c: (
+            "algorithm=als is implicit-feedback ALS: use a dataset with mode=implicit "
+            "(e.g. dataset=ml100k), or algorithm=mf for ratings"
+        ),
+    ),
+    (
+        lambda c: c.algorithm.name == "als" and c.privacy.record_level,
+        lambda c: (
+            f"algorithm=als with privacy.mode={c.privacy.mode}: DP-ALS is user-level DP on the "
+            "aggregate (privacy=user); record-level DP-SGD is algorithm=mf's"
+        ),
+    ),
+    (
+        lambda c: (
+            c.algorithm.name == "als"
+            and c.privacy.user_level
+            and not (c.algorithm.clip_norm > 0 and c.algorithm.max_items > 0)
+        ),
+        lambda c: (
+            "DP-ALS (algorithm=als, privacy=user) needs algorithm.clip_norm > 0 and "
+            "algorithm.max_items > 0: they bound one user's contribution, which the noise is "
+            f"calibrated to (got clip_norm={c.algorithm.clip_norm}, "
+            f"max_items={c.algorithm.max_items})"
+        ),
+    ),
+    (
+        lambda c: c.algorithm.name == "als" and c.defense.name != "none",
+        lambda c: (
+            f"defense={c.defense.name} works on table updates; algorithm=als sends sufficient "
+            "statistics, which the server validates and bounds itself: use defense=none"
+        ),
+    ),
+    (
+        lambda c: c.algorithm.name == "als" and c.strategy.name != "fedavg",
+        lambda c: (
+            f"strategy={c.strategy.name} steps a table along an averaged update; "
+            "algorithm=als solves the table from summed statistics: use strategy=fedavg"
+        ),
+    ),
+    (
+        lambda c: c.algorithm.name == "als" and c.secure_aggregation.enabled,
+        lambda c: (
+            "algorithm=als with secure_aggregation=secaggplus is not implemented: SecAgg+ sums "
+            "fixed-shape vectors, and dense per-item Gram sums (items × dim² values per user) "
+            "are too large to mask; use a cohort engine (each node sends its block's sum)"
+        ),
+    ),
+    (
+        lambda c: c.algorithm.name == "als" and c.federation.weighting != "uniform",
+        lambda c: "algorithm=als sums every user's statistics: use federation.weighting=uniform",
+    ),
 ]
 
 

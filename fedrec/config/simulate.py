@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fedrec.config.algorithm import AlgorithmSpec
 from fedrec.config.faults import FaultSpec
 from fedrec.config.secure_aggregation import SecureAggregationSpec
 from fedrec.data import DatasetSpec
@@ -103,6 +104,7 @@ class SimulateJobConfig:
     """The schema of ``configs/simulate.yaml``."""
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    algorithm: AlgorithmSpec = field(default_factory=AlgorithmSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     federation: FederationSpec = field(default_factory=FederationSpec)

@@ -25,7 +25,9 @@ BeforeTrain = Callable[[int, Arrays], None]
 
 class InProcessTransport:
     """Users ``0..N-1`` are the positions of ``source``; one reply per user. ``states`` (by user
-    key) is where the devices keep their states; pass a study's own dict to share it."""
+    key) is where the devices keep their states; pass a study's own dict to share it.
+    ``split_replies=False``: one reply for all users (one node's sum), when no one needs each
+    user's own update and the per-user replies would only cost memory (ALS statistics)."""
 
     def __init__(
         self,
@@ -36,11 +38,13 @@ class InProcessTransport:
         chunk_size: int = 256,
         before_train: BeforeTrain | None = None,
         poison: Poisoner | None = None,
+        split_replies: bool = True,
     ) -> None:
         self.keeper = MemoryKeeper(states)
         self.node = BlockNode(source, self.keeper, trainer=trainer, chunk_size=chunk_size)
         self.population = len(source)
         self.before_train, self.poison = before_train, poison
+        self.split_replies = split_replies
 
     @property
     def states(self) -> dict[int, DeviceState]:
@@ -49,7 +53,7 @@ class InProcessTransport:
     def train(self, server_round: int, users: np.ndarray, arrays: Arrays, config: dict):
         if self.before_train is not None:
             self.before_train(server_round, arrays)
-        replies = self.node.train(users.tolist(), arrays, config, split_replies=True)
+        replies = self.node.train(users.tolist(), arrays, config, split_replies=self.split_replies)
         if self.poison is not None:
             replies = self.poison(server_round, arrays, replies)
         return replies

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from fedrec.eval.metrics import average_over_users
+from fedrec.federation.als_rule import AlsRule, AlsServerPlan
 from fedrec.federation.checkpoint import ServerCheckpoint, capture, restore, save_checkpoint
 from fedrec.federation.defenses import DefenseSpec
 from fedrec.federation.record import RoundCallback, RoundRecord
@@ -76,6 +77,7 @@ class FederationPlan:
     checkpoint_path: str | Path | None = None  # written after every round
     resume: ServerCheckpoint | None = None  # continue after this checkpoint's round
     crash_after_replies_of_round: int = 0  # fault injection: SIGKILL this process (0: never)
+    als: AlsServerPlan | None = None  # federated (DP-)ALS (settings.algorithm == "als")
 
     def __post_init__(self) -> None:
         if self.user_level is not None and self.settings.weight_by_examples:
@@ -83,6 +85,10 @@ class FederationPlan:
                 "federation.weighting=examples cannot be used with user-level DP: the noise is "
                 "calibrated to one clipped update per user with equal weight"
             )
+        if (self.als is not None) != (self.settings.algorithm == "als"):
+            raise ValueError("an ALS run needs settings.algorithm='als' and an ALS server plan")
+        if self.als is not None and self.user_level is not None:
+            raise ValueError("DP-ALS has its own accountant (als.privacy), not DP-FedAvg's")
         if self.rounds < 1:
             raise ValueError(f"rounds={self.rounds}; expected >= 1")
 
@@ -104,6 +110,10 @@ class FederationPlan:
             )
 
     def rule(self) -> ServerRule:
+        if self.als is not None:
+            return AlsRule(
+                self.als, rounds=self.rounds, min_replies=self.min_replies, seed=self.seed
+            )
         return ServerRule(
             self.strategy,
             rounds=self.rounds,

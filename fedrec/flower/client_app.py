@@ -80,12 +80,16 @@ def _unpack(msg: Message) -> tuple[dict[str, Any], dict[str, np.ndarray], list[i
     return config, arrays, [int(u) for u in node.get("users", [])]
 
 
+def _wire_array(values: np.ndarray) -> np.ndarray:
+    """float32 on the wire; integer arrays (ALS item ids) stay exact."""
+    values = np.asarray(values)
+    return values.astype(np.int64) if values.dtype.kind in "iu" else values.astype(np.float32)
+
+
 def _reply(msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict) -> Message:
     records: dict[str, Any] = {METRICS_KEY: MetricRecord(metrics)}
     if arrays is not None:
-        records[ARRAYS_KEY] = ArrayRecord(
-            {k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}
-        )
+        records[ARRAYS_KEY] = ArrayRecord({k: Array(_wire_array(v)) for k, v in arrays.items()})
     return Message(content=RecordDict(records), reply_to=msg)
 
 

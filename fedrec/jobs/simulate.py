@@ -20,14 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.config.algorithm import AlgorithmSpec
 from fedrec.config.rules import check_simulate
 from fedrec.config.simulate import SimulateJobConfig
 from fedrec.data import Split, load_split
+from fedrec.federation.als_rule import AlsServerPlan
 from fedrec.federation.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
 from fedrec.federation.loop import FederationPlan
 from fedrec.federation.record import RoundRecord
 from fedrec.model.mf import random_item_arrays
 from fedrec.nodes.sources import SplitUserSource
+from fedrec.privacy import PrivacySpec
+from fedrec.privacy.als import plan_dp_als
 from fedrec.privacy.user_level import plan_user_level
 from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
 from fedrec.run_dir import CONFIG_YAML, RunRecorder
@@ -61,6 +65,8 @@ def round_settings(cfg: SimulateJobConfig) -> RoundSettings:
         seed=cfg.seed,
         server_round=0,
         weight_by_examples=fed.weighting == "examples",
+        als=cfg.algorithm.als_spec(),
+        algorithm=cfg.algorithm.name,
     )
 
 
@@ -78,8 +84,10 @@ def prepare_federation(
         # The rounds a user is expected to train in: rounds × their chance of being sampled.
         expected = math.ceil(fed.rounds * min(fed.clients_per_round, len(users)) / len(users))
         settings.privacy = dataclasses.replace(settings.privacy, planned_rounds=expected)
-    user_level = None
-    if settings.privacy.user_level:
+    user_level, als = None, None
+    if cfg.algorithm.name == "als":
+        als = als_server_plan(cfg.algorithm, cfg.privacy, rounds=fed.rounds)
+    elif settings.privacy.user_level:
         user_level = plan_user_level(
             settings.privacy,
             num_clients=len(users),
@@ -95,12 +103,45 @@ def prepare_federation(
         seed=cfg.seed if cfg.seed >= 0 else int(np.random.SeedSequence().entropy % 2**31),
         eval_every_rounds=fed.eval_every_rounds,
         user_level=user_level,
+        als=als,
         min_replies=fed.min_replies,
         defense=cfg.defense,
         crash_after_replies_of_round=cfg.faults.server_crash_round,
     )
     plan.check_population(len(users))
     return split, SplitUserSource(split, users), plan
+
+
+def als_server_plan(
+    algorithm: AlgorithmSpec, privacy: PrivacySpec, *, rounds: int
+) -> AlsServerPlan:
+    """The server's half of a federated (DP-)ALS run; with ``privacy=user``, the DP-ALS noise
+    from ``user_target_epsilon`` (solved over the run's releases) or ``user_noise_multiplier``."""
+    dp = None
+    if privacy.user_level:
+        dp = plan_dp_als(
+            clip_norm=algorithm.clip_norm,
+            max_items=algorithm.max_items,
+            delta=privacy.delta,
+            rounds=rounds,
+            noise_multiplier=None
+            if privacy.user_target_epsilon is not None
+            else privacy.user_noise_multiplier,
+            target_epsilon=privacy.user_target_epsilon,
+            gram_noise_scale=algorithm.gram_noise_scale,
+        )
+        logger.info(
+            "DP-ALS: noise multiplier %.4g (Γ=%g, B=%d); user-level ε %.4g after %d rounds (δ=%g)",
+            dp.noise_multiplier,
+            dp.clip_norm,
+            dp.max_items,
+            dp.epsilon_after(rounds, 1),
+            rounds,
+            dp.delta,
+        )
+    return AlsServerPlan(
+        algorithm.als_spec(), frequent_fraction=algorithm.frequent_fraction, privacy=dp
+    )
 
 
 def initial_item_arrays(cfg: SimulateJobConfig, num_items: int) -> dict[str, np.ndarray]:

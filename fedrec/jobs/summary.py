@@ -11,6 +11,13 @@ from fedrec.federation.loop import FederationPlan
 from fedrec.privacy import PRIVACY_MODES
 from fedrec.run_dir import RunRecorder
 
+DP_ALS_GUARANTEE = (
+    "user-level (DP-ALS): (ε, δ) from the server's RDP accountant over every release (the "
+    "summed statistics each round, the item counts once; every user counted in every round) "
+    "bounds what the released item tables reveal about any one user's whole log, to whoever "
+    "sees the model; not against a server that sees single replies (fedrec.privacy.als)"
+)
+
 
 def final_metrics(cfg: SimulateJobConfig, last: dict, *, user_level: bool) -> dict[str, float]:
     """The last round's evaluation metrics and ε: what the command returns."""
@@ -42,14 +49,15 @@ def simulate_summary(
     """Write ``summary.json`` and the metrics plot; return the final metrics."""
     rows = recorder.rows
     last = rows[-1] if rows else {}
-    final = final_metrics(cfg, last, user_level=plan.user_level is not None)
+    dp_als = plan.als is not None and plan.als.privacy is not None
+    final = final_metrics(cfg, last, user_level=plan.user_level is not None or dp_als)
     totals = {
         key: sum(row.get(key, 0) for row in rows)
         for key in ("sampled", "accepted", "failed", "rejected", "budget_exhausted", "declined")
     }
     faults = {key: sum(row.get(key, 0) for row in rows) for key in ("timed_out",)}
     faults["rounds_skipped"] = sum(row.get("skipped", 0) for row in rows)
-    recorder.plot("server_round", ["train_loss", *final], "federated MF")
+    recorder.plot("server_round", ["train_loss", *final], f"federated {cfg.algorithm.name.upper()}")
     privacy = cfg.privacy
     summary_privacy = {}
     if privacy.record_level:
@@ -74,6 +82,21 @@ def simulate_summary(
             "accountant": plan.user_level.accountant,
             "budget": privacy.user_target_epsilon,
         }
+    if dp_als:
+        dp = plan.als.privacy
+        summary_privacy["user_level"] = {
+            "epsilon": final["user_level_epsilon"],
+            "delta": dp.delta,
+            "mechanism": "DP-ALS: Gaussian noise on the summed statistics (fedrec.privacy.als)",
+            "noise_multiplier": dp.noise_multiplier,
+            "clip_norm": dp.clip_norm,
+            "max_items": dp.max_items,
+            "noise_std": dp.stds,
+            "sample_rate": 1.0,
+            "rounds": cfg.federation.rounds,
+            "accountant": "rdp",
+            "budget": privacy.user_target_epsilon,
+        }
     secagg = cfg.secure_aggregation
     recorder.write_summary(
         {
@@ -83,11 +106,14 @@ def simulate_summary(
             "num_clients": num_clients,
             "num_items": split.train.num_items,
             "rounds": cfg.federation.rounds,
+            "algorithm": cfg.algorithm.name,
             "engine": cfg.federation.engine,
             "trainer": cfg.federation.resolved_trainer,
             "privacy": {
                 "mode": privacy.mode,
-                "guarantee": PRIVACY_MODES.get(privacy.mode).guarantee,
+                "guarantee": DP_ALS_GUARANTEE
+                if dp_als
+                else PRIVACY_MODES.get(privacy.mode).guarantee,
                 "delta": privacy.delta,
                 "accountant": privacy.accountant,
                 **(

@@ -150,19 +150,30 @@ class BlockNode:
         weights = [
             float(len(m.data.train_items)) if settings.weight_by_examples else 1.0 for m in members
         ]
-        options = {"chunk_size": self.chunk_size} if self.trainer == "closed_form" else {}
-        result = TRAINERS.get(self.trainer)(
-            arrays,
-            members,
-            model_spec=settings.model,
-            training=settings.training,
-            privacy=settings.privacy,
-            explicit=settings.explicit,
-            server_round=settings.server_round,
-            weights=weights,
-            keep_updates=split_replies,
-            **options,
-        )
+        if settings.algorithm == "als":
+            from fedrec.training.als.trainer import als_round
+
+            result = als_round(
+                arrays,
+                members,
+                spec=settings.als,
+                explicit=settings.explicit,
+                keep_updates=split_replies,
+            )
+        else:
+            options = {"chunk_size": self.chunk_size} if self.trainer == "closed_form" else {}
+            result = TRAINERS.get(self.trainer)(
+                arrays,
+                members,
+                model_spec=settings.model,
+                training=settings.training,
+                privacy=settings.privacy,
+                explicit=settings.explicit,
+                server_round=settings.server_round,
+                weights=weights,
+                keep_updates=split_replies,
+                **options,
+            )
         changed = {o.key: o.state for o in result.outcomes if o.status in ("trained", "rejected")}
         self.keeper.save(settings.server_round, changed, request=request)  # before release
         outcomes = [
@@ -175,7 +186,8 @@ class BlockNode:
             )
             for o in result.outcomes
         ]
-        user_level = settings.privacy.user_level
+        # ALS statistics are sums whatever the privacy mode (weight: the users they sum).
+        user_level = settings.privacy.user_level or settings.algorithm == "als"
         if split_replies:
             weight_of = dict(zip([m.key for m in members], weights, strict=True))
             return [
@@ -222,6 +234,8 @@ class BlockNode:
             logger.warning("refused the server's evaluate request: %s", err)
             return []
         states = self.keeper.load([k for k, _ in chosen], settings.server_round + 1, request=None)
+        if settings.algorithm == "als":  # the exact factor against this very table
+            states = _als_states(arrays, chosen, settings)
         return [
             evaluate_user(
                 arrays,
@@ -235,6 +249,26 @@ class BlockNode:
             )
             for key, data in chosen
         ]
+
+
+def _als_states(
+    arrays: dict[str, np.ndarray], chosen: list[tuple[int, LocalData]], settings
+) -> dict[int, DeviceState]:
+    """Throw-away states holding each user's ALS factor solved against ``arrays`` (what a device
+    scores and recommends with; nothing of it is sent)."""
+    from fedrec.training.als.solve import solve_users
+    from fedrec.training.als.trainer import user_state_arrays
+
+    factors = solve_users(
+        arrays["item_embedding.weight"],
+        [data.train_items for _, data in chosen],
+        reg=settings.als.reg,
+        unobserved_weight=settings.als.unobserved_weight,
+    )
+    return {
+        key: DeviceState(user_arrays=user_state_arrays(factor))
+        for (key, _), factor in zip(chosen, factors, strict=True)
+    }
 
 
 def node_block(partition: int, partitions: int, num_users: int) -> range:

@@ -18,6 +18,7 @@ from fedrec.privacy.spec import PrivacySpec
 from fedrec.protocol.wire import RoundRefused
 
 MAX_EMBEDDING_DIM = 4096  # a device's own ceiling on the model size a server may ask for
+ALGORITHMS = ("mf", "als")  # DP-SGD matrix factorization (the default), federated (DP-)ALS
 
 
 @dataclass
@@ -59,6 +60,35 @@ class LocalEvalSpec:
 
 
 @dataclass
+class AlsSpec:
+    """How a device takes part in a federated ALS round (``algorithm: als``).
+
+    The model is implicit-feedback ALS with a "gravity" term (Rendle et al. 2022's iALS; Chien et
+    al. 2021's DP-ALS): observed pairs pull ``⟨u, v_j⟩`` to 1, every pair is pulled to 0 with
+    weight ``unobserved_weight``, and ``reg`` is the ridge penalty. ``max_items`` (> 0) bounds a
+    user's released statistics to that many of their items, drawn at random each round (their
+    own factor is still solved from all of them); ``clip_norm`` (> 0) bounds the user factor's
+    L2 norm before statistics are built. Both bound one user's contribution, as DP-ALS's
+    sensitivity analysis assumes; 0 means unbounded (no DP).
+    """
+
+    reg: float = 0.1
+    unobserved_weight: float = 0.1
+    max_items: int = 0
+    clip_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reg <= 1e6:
+            raise ValueError(f"als.reg={self.reg}; expected 0 < reg <= 1e6")
+        if not 0 <= self.unobserved_weight <= 1e6:
+            raise ValueError(f"als.unobserved_weight={self.unobserved_weight}; expected >= 0")
+        if not 0 <= self.max_items <= 1_000_000:
+            raise ValueError(f"als.max_items={self.max_items}; expected 0..1000000")
+        if not self.clip_norm >= 0:
+            raise ValueError(f"als.clip_norm={self.clip_norm}; expected >= 0")
+
+
+@dataclass
 class RoundSettings:
     """Everything a device needs for one round, typed and checked."""
 
@@ -66,10 +96,16 @@ class RoundSettings:
     training: LocalTrainingSpec = field(default_factory=LocalTrainingSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     evaluation: LocalEvalSpec = field(default_factory=LocalEvalSpec)
+    als: AlsSpec = field(default_factory=AlsSpec)
     explicit: bool = False
     seed: int = -1  # -1: draw fresh randomness on the device
     server_round: int = 0
     weight_by_examples: bool = False
+    algorithm: str = "mf"
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm='{self.algorithm}'; accepted: {', '.join(ALGORITHMS)}")
 
 
 SECTIONS = {
@@ -77,10 +113,19 @@ SECTIONS = {
     "training": LocalTrainingSpec,
     "privacy": PrivacySpec,
     "evaluation": LocalEvalSpec,
+    "als": AlsSpec,
 }
-SCALARS = {"explicit": bool, "seed": int, "server-round": int, "weight_by_examples": bool}
+SCALARS = {
+    "explicit": bool,
+    "seed": int,
+    "server-round": int,
+    "weight_by_examples": bool,
+    "algorithm": str,
+}
 _SCALAR_FIELDS = {"explicit": "explicit", "seed": "seed", "server-round": "server_round"}
 _SCALAR_FIELDS["weight_by_examples"] = "weight_by_examples"
+_SCALAR_FIELDS["algorithm"] = "algorithm"
+OPTIONAL_SCALARS = {"algorithm": "mf"}  # absent (a server of an earlier version): the default
 
 
 def round_config(settings: RoundSettings) -> dict[str, Any]:
@@ -111,6 +156,8 @@ def parse_round_config(config: dict[str, Any]) -> RoundSettings:
             scalars[key] = value
         else:
             raise RoundRefused(f"unknown config key '{key}'")
+    for key, default in OPTIONAL_SCALARS.items():
+        scalars.setdefault(key, default)
     missing = [key for key in SCALARS if key not in scalars]
     if missing:
         raise RoundRefused(f"config lacks {', '.join(missing)}")
@@ -124,9 +171,12 @@ def parse_round_config(config: dict[str, Any]) -> RoundSettings:
         raise RoundRefused(
             f"model.embedding_dim={model.embedding_dim}; expected 1..{MAX_EMBEDDING_DIM}"
         )
-    return RoundSettings(
-        **built, **{attribute: typed[key] for key, attribute in _SCALAR_FIELDS.items()}
-    )
+    try:
+        return RoundSettings(
+            **built, **{attribute: typed[key] for key, attribute in _SCALAR_FIELDS.items()}
+        )
+    except ValueError as err:
+        raise RoundRefused(f"bad config: {err}") from None
 
 
 # key → (allowed values, meaning): the reference for app teams (docs/app-teams.md's table is
@@ -168,6 +218,11 @@ ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
     "seed": ("integer; -1: fresh randomness", "the run's seed the device derives its own from"),
     "server-round": ("integer >= 0", "the round (0: the untrained baseline's evaluation)"),
     "weight_by_examples": ("true, false", "report the log size as num-examples (FedAvg weight)"),
+    "algorithm": (", ".join(ALGORITHMS), "DP-SGD matrix factorization, or federated (DP-)ALS"),
+    "als.reg": ("(0, 1e6]", "ALS ridge penalty λ"),
+    "als.unobserved_weight": (">= 0", "ALS weight α₀ pulling every unobserved score to 0"),
+    "als.max_items": ("0..1000000; 0: all", "items whose statistics a user releases per round"),
+    "als.clip_norm": (">= 0; 0: none", "L2 bound on the user factor before statistics are built"),
 }
 
 

@@ -49,9 +49,9 @@ class TableLimits:
     rounds), and a positive-side gap of 25 would mean odds of e^25 that honest logistic training
     cannot reach (the pull of positives vanishes as σ(score) → 1). ``max_row_norm``: an
     item-vector norm beyond this is refused only if it is also more than
-    ``outlier_norm_multiple`` × the median row norm. ``max_bias_shift``: largest |mean bias
-    change| since the table the device last saw (a uniform shift is what silences negatives),
-    when the caller has that table.
+    ``outlier_norm_multiple`` × the median norm of the non-zero rows (ALS leaves untrained items
+    at zero). ``max_bias_shift``: largest |mean bias change| since the table the device last
+    saw (a uniform shift is what silences negatives), when the caller has that table.
     """
 
     max_median_bias: float = 10.0
@@ -95,7 +95,10 @@ def check_item_table(
     table = item_arrays.get("item_embedding.weight")
     if table is not None and np.size(table):
         norms = np.linalg.norm(np.asarray(table, np.float64), axis=1)
-        allowed = max(limits.max_row_norm, limits.outlier_norm_multiple * float(np.median(norms)))
+        # the median over trained rows: ALS leaves the items it does not train at zero
+        trained = norms[norms > 0]
+        typical = float(np.median(trained)) if trained.size else 0.0
+        allowed = max(limits.max_row_norm, limits.outlier_norm_multiple * typical)
         worst = int(np.argmax(norms))
         if norms[worst] > allowed:
             raise ImplausibleTable(

@@ -1,0 +1,272 @@
+"""The server's half of federated (DP-)ALS: validate → classify → sum → (noise) → solve.
+
+Replies carry sums of users' ALS statistics (:mod:`fedrec.training.als.statistics`) instead of
+table deltas. The rule keeps the classification of :class:`~fedrec.federation.rule.ServerRule`
+(every user's outcome in the round's record) and replaces what follows:
+
+1. **validate** each reply's statistics: the five names, shapes that fit the catalogue and the
+   round's dimension, sorted unique item ids inside the catalogue, finite values, a symmetric
+   PSD global Gram, PSD ``A_j``, whole counts of at most one per user, and under DP the
+   sensitivity bounds (Gram trace, count total, ‖A‖, ‖b‖) times the users summed. A bad reply
+   is refused and its users counted as rejected; the round goes on.
+2. **sum** the accepted statistics into dense per-item sums.
+3. with DP-ALS (:mod:`fedrec.privacy.als`), **noise** once per release and project to PSD; in
+   the first round also release the noisy item counts, which choose the ``frequent_fraction`` of
+   items the model trains; the rest keep a zero row and are ranked by that private popularity
+   through their bias, below every trained item.
+4. **solve** every trained item's factor in closed form.
+
+A round without accepted statistics is skipped (non-private), or, under DP, released from the
+noise alone (whether a release happens must not depend on who took part).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.federation.record import RoundRecord
+from fedrec.federation.rule import ServerRule
+from fedrec.federation.server_step import StrategySpec
+from fedrec.privacy.als import AlsPrivacyPlan, add_noise
+from fedrec.protocol.replies import NodeReply
+from fedrec.protocol.settings import AlsSpec
+from fedrec.training.als.solve import project_psd, solve_items
+from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
+
+logger = logging.getLogger("fedrec.server")
+
+Arrays = dict[str, np.ndarray]
+EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
+UNTRAINED_BIAS = -2.0  # below any trained item's score (|⟨u, v⟩| stays ~1 with targets 1)
+_TOLERANCE = 1e-3
+
+
+@dataclass
+class AlsServerPlan:
+    """What the server needs beyond the devices' settings."""
+
+    spec: AlsSpec
+    frequent_fraction: float = 1.0  # the share of items (by private count) the model trains
+    privacy: AlsPrivacyPlan | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.frequent_fraction <= 1:
+            raise ValueError(f"frequent_fraction={self.frequent_fraction}; expected (0, 1]")
+
+
+class _Popularity:
+    """The count release and the frequent set it chose: the rule's state to checkpoint."""
+
+    def __init__(self) -> None:
+        self.counts: np.ndarray | None = None
+
+    def state(self) -> dict[str, Arrays]:
+        return {} if self.counts is None else {"als": {"counts": self.counts}}
+
+    def restore(self, moments: dict[str, Arrays]) -> None:
+        counts = moments.get("als", {}).get("counts")
+        self.counts = None if counts is None else np.asarray(counts, dtype=np.float64)
+
+
+class AlsRule(ServerRule):
+    """One run's (DP-)ALS server: its noise generator, its release count and its private
+    popularity (``step``, checkpointed with the moments)."""
+
+    def __init__(self, plan: AlsServerPlan, *, rounds: int, min_replies: int, seed: int) -> None:
+        super().__init__(StrategySpec(), rounds=rounds, min_replies=min_replies, seed=seed)
+        self.plan = plan
+        self.step = _Popularity()  # type: ignore[assignment]
+        if plan.privacy is not None:
+            self.min_replies = 0
+
+    # -- 1 -------------------------------------------------------------------------------------
+    def _rejection(self, reply: NodeReply, expected) -> str | None:
+        if reply.arrays is None:
+            return "trained users but no statistics"
+        num_items, dim = expected[EMBEDDING][0]
+        return statistics_rejection(
+            reply.arrays, num_items=num_items, dim=dim, users=len(reply.trained), plan=self.plan
+        )
+
+    # -- 2 to 4 --------------------------------------------------------------------------------
+    def apply(
+        self,
+        server_round: int,
+        current: Arrays,
+        replies: Sequence[NodeReply],
+        record: RoundRecord,
+    ) -> Arrays | None:
+        accepted = self._validate_and_classify(server_round, current, replies, record)
+        private = self.plan.privacy
+        if private is None and (not accepted or record.accepted < max(self.min_replies, 1)):
+            record.skipped = 1
+            logger.warning(
+                "round %d skipped: %d accepted ALS statistics (%s); the model is unchanged",
+                server_round,
+                record.accepted,
+                record.outcome_counts(),
+            )
+            return None
+        num_items, dim = current[EMBEDDING].shape
+        lhs, rhs, counts, gram = _dense_sums(accepted, num_items, dim)
+        if private is not None:
+            count_release = self.step.counts is None and private.count_release  # type: ignore[attr-defined]
+            epsilon = private.epsilon_after(self.releases + 1, self._count_releases(count_release))
+            lhs, rhs, noisy_counts, gram = noisy_sums(private, lhs, rhs, counts, gram, self.rng)
+            gram, lhs = project_psd(gram), project_psd(lhs)
+            if count_release:
+                self.step.counts = noisy_counts  # type: ignore[attr-defined]
+            self.releases += 1
+            record.user_level_epsilon = epsilon
+            logger.info(
+                "round %d: DP-ALS release of %d users' statistics, noise z=%.4g; user-level ε "
+                "%.4g (δ=%g)",
+                server_round,
+                record.accepted,
+                private.noise_multiplier,
+                epsilon,
+                private.delta,
+            )
+        else:
+            lhs = project_psd(lhs)  # a no-op for honest sums; a crafted one cannot go indefinite
+            if self.step.counts is None:  # type: ignore[attr-defined]
+                self.step.counts = counts  # type: ignore[attr-defined]
+        popularity = self.step.counts  # type: ignore[attr-defined]
+        if popularity is None:  # DP-ALS without a count release trains every item
+            popularity = np.zeros(num_items)
+        trained = self._frequent(popularity)
+        spec = self.plan.spec
+        table = solve_items(
+            lhs, rhs, gram, reg=spec.reg, unobserved_weight=spec.unobserved_weight, rows=trained
+        )
+        bias = np.zeros((num_items, 1))
+        if not trained.all():
+            scale = max(float(np.max(popularity)), 1.0)
+            bias[~trained, 0] = UNTRAINED_BIAS + np.clip(popularity[~trained] / scale, 0, 1)
+        self.last_update = None
+        return {
+            EMBEDDING: table.astype(current[EMBEDDING].dtype),
+            BIAS: bias.astype(current[BIAS].dtype),
+        }
+
+    def _count_releases(self, releasing_now: bool) -> int:
+        already = self.step.counts is not None and self.plan.privacy is not None  # type: ignore[attr-defined]
+        return int(already or releasing_now)
+
+    def _frequent(self, popularity: np.ndarray) -> np.ndarray:
+        fraction = self.plan.frequent_fraction
+        if fraction >= 1:
+            return np.ones(len(popularity), dtype=bool)
+        keep = max(1, math.ceil(fraction * len(popularity)))
+        mask = np.zeros(len(popularity), dtype=bool)
+        mask[np.argsort(-popularity, kind="stable")[:keep]] = True
+        return mask
+
+
+def noisy_sums(
+    private: AlsPrivacyPlan,
+    lhs: np.ndarray,
+    rhs: np.ndarray,
+    counts: np.ndarray,
+    gram: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One DP-ALS release: i.i.d. Gaussian noise of ``private.stds`` on every entry of the dense
+    sums (before symmetrising and the PSD projection, which are post-processing)."""
+    stds = private.stds
+    return (
+        _symmetric(add_noise(lhs, stds["lhs"], rng)),
+        add_noise(rhs, stds["rhs"], rng),
+        add_noise(counts, stds["counts"], rng),
+        _symmetric(add_noise(gram, stds["gram"], rng)),
+    )
+
+
+def _symmetric(stack: np.ndarray) -> np.ndarray:
+    return (stack + np.swapaxes(stack, -1, -2)) / 2
+
+
+def statistics_rejection(
+    arrays: Arrays, *, num_items: int, dim: int, users: int, plan: AlsServerPlan
+) -> str | None:
+    """Why a reply's summed statistics of ``users`` users must be refused, or None."""
+    if set(arrays) != set(STATISTIC_NAMES):
+        return f"array names {sorted(arrays)}; expected {sorted(STATISTIC_NAMES)}"
+    items = np.asarray(arrays[ITEMS])
+    k = len(items) if items.ndim == 1 else -1
+    shapes = {ITEMS: (k,), LHS: (k, dim, dim), RHS: (k, dim), COUNTS: (k,), GRAM: (dim, dim)}
+    for name, shape in shapes.items():
+        if tuple(np.shape(arrays[name])) != shape:
+            return f"'{name}' has shape {tuple(np.shape(arrays[name]))}; expected {shape}"
+        if not np.isfinite(np.asarray(arrays[name], dtype=np.float64)).all():
+            return f"'{name}' holds NaN or infinite values"
+    if k and (
+        np.any(items != np.round(items))
+        or items.min() < 0
+        or items.max() >= num_items
+        or np.any(np.diff(items) <= 0)
+    ):
+        return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
+    gram = np.asarray(arrays[GRAM], dtype=np.float64)
+    lhs = np.asarray(arrays[LHS], dtype=np.float64)
+    counts = np.asarray(arrays[COUNTS], dtype=np.float64)
+    scale = 1.0 + float(np.abs(gram).max(initial=0.0))
+    if np.abs(gram - gram.T).max(initial=0.0) > _TOLERANCE * scale:
+        return f"'{GRAM}' is not symmetric"
+    if np.linalg.eigvalsh(gram).min(initial=0.0) < -_TOLERANCE * scale:
+        return f"'{GRAM}' is not positive semi-definite"
+    if k and not _plausibly_psd(lhs, _TOLERANCE * scale):
+        return f"an item's '{LHS}' is not positive semi-definite"
+    if np.any(counts < 0) or np.any(counts != np.round(counts)) or np.any(counts > users):
+        return f"'{COUNTS}' must be whole numbers in [0, {users}] (users summed)"
+    privacy = plan.privacy
+    if privacy is None:
+        return None
+    clip, budget = privacy.clip_norm, privacy.max_items
+    slack = 1 + 1e-4
+    bounds = (
+        (float(np.trace(gram)), users * clip**2, "the Gram's trace"),
+        (float(counts.sum()), users * budget, "the item counts' total"),
+        (float(np.linalg.norm(arrays[RHS])), users * math.sqrt(budget) * clip, "‖b‖"),
+        (float(np.linalg.norm(lhs)), users * math.sqrt(budget) * clip**2, "‖A‖"),
+    )
+    for value, bound, name in bounds:
+        if value > bound * slack:
+            return f"{name} {value:.4g} exceeds what {users} bounded users can send ({bound:.4g})"
+    return None
+
+
+def _plausibly_psd(stack: np.ndarray, tolerance: float) -> bool:
+    """Symmetric, a non-negative diagonal and every 2×2 principal minor ≥ 0: necessary for PSD
+    and O(k·d²) (a full eigen-check per reply costs O(k·d³)). The server projects the summed
+    ``A_j`` to PSD anyway, so what slips through cannot make a system indefinite."""
+    if np.abs(stack - np.swapaxes(stack, 1, 2)).max(initial=0.0) > tolerance:
+        return False
+    diagonal = np.diagonal(stack, axis1=1, axis2=2)
+    if diagonal.min(initial=0.0) < -tolerance:
+        return False
+    bound = np.sqrt(np.maximum(diagonal, 0))
+    return bool(np.all(np.abs(stack) <= bound[:, :, None] * bound[:, None, :] + tolerance))
+
+
+def _dense_sums(
+    accepted: Sequence[NodeReply], num_items: int, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    lhs = np.zeros((num_items, dim, dim))
+    rhs = np.zeros((num_items, dim))
+    counts = np.zeros(num_items)
+    gram = np.zeros((dim, dim))
+    for reply in accepted:
+        arrays = reply.arrays
+        assert arrays is not None
+        items = np.asarray(arrays[ITEMS]).astype(np.int64)
+        lhs[items] += arrays[LHS]
+        rhs[items] += arrays[RHS]
+        counts[items] += arrays[COUNTS]
+        gram += arrays[GRAM]
+    return lhs, rhs, counts, gram

@@ -1,0 +1,238 @@
+"""``fedrec tune``: choose an algorithm's few settings on a validation split, then report test.
+
+Settings chosen on the test items do not travel: they win on the data they were tuned on and tie
+the popularity ranking elsewhere. So the candidates are scored on a **validation split carved
+from the training data** (the dataset's own split rule applied again to its training log, with
+another seed); the test items choose nothing. The winner is then trained on the whole training
+log and scored once on the test split: that number is the one to report, and ``best.yaml`` in the
+run directory holds the chosen ``algorithm`` settings to pass to ``fedrec simulate``.
+
+The candidates run as federations in this process (:func:`run_als_in_process`: the devices'
+code, the server rule and the round loop of ``fedrec simulate``, without Flower's messaging);
+federated ALS is a few closed-form rounds, so a grid costs minutes on ML-100K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrec.config.algorithm import AlgorithmSpec
+from fedrec.data import DatasetSpec, Split, load_split, make_split
+from fedrec.federation.in_process import InProcessTransport
+from fedrec.federation.loop import FederationPlan, run_rounds
+from fedrec.federation.server_step import StrategySpec
+from fedrec.model.mf import random_item_arrays
+from fedrec.model.spec import ModelSpec
+from fedrec.nodes.sources import SplitUserSource
+from fedrec.privacy import PrivacySpec
+from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
+
+logger = logging.getLogger("fedrec")
+
+VALIDATION_SEED_OFFSET = 1000  # the validation carve's seed: the test split's seed + this
+TUNABLE = tuple(f.name for f in dataclasses.fields(AlgorithmSpec) if f.name != "name")
+
+
+@dataclass
+class TuneJobConfig:
+    """The schema of ``configs/tune.yaml``.
+
+    ``grid``: field → candidate values; fields of ``algorithm`` (``reg``, ``unobserved_weight``,
+    ``max_items``, ``clip_norm``, ``frequent_fraction``, ``gram_noise_scale``) and
+    ``embedding_dim``. Every combination is one validation federation of ``rounds`` rounds.
+    ``privacy``: tune DP-ALS at a budget (``privacy=user``, ``privacy.user_target_epsilon``).
+    """
+
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    algorithm: AlgorithmSpec = field(default_factory=lambda: AlgorithmSpec(name="als"))
+    model: ModelSpec = field(default_factory=ModelSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    rounds: int = 8
+    metric: str = "ndcg@10"
+    seed: int = 0
+
+
+def validation_split(split: Split) -> Split:
+    """The training log split again by the dataset's own rule: what tuning may look at."""
+    return make_split(
+        split.train,
+        split.name,
+        seed=split.seed + VALIDATION_SEED_OFFSET,
+        test_ratio=_test_ratio(split),
+        num_negatives=split.negatives.shape[1],
+    )
+
+
+def _test_ratio(split: Split) -> float:
+    total = len(split.train) + len(split.test)
+    return min(max(len(split.test) / total, 0.01), 0.5)
+
+
+def run_als_in_process(
+    split: Split,
+    algorithm: AlgorithmSpec,
+    *,
+    embedding_dim: int,
+    rounds: int,
+    privacy: PrivacySpec | None = None,
+    seed: int = 0,
+    metrics: tuple[str, ...] = ("ndcg@10", "recall@20", "hr@10"),
+    users: np.ndarray | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """A federated (DP-)ALS run over ``split``'s users (every user every round), in process.
+
+    Returns the last round's evaluation (averaged over the test users) and the final item table.
+    """
+    from fedrec.jobs.simulate import als_server_plan
+
+    if algorithm.name != "als":
+        raise ValueError(f"run_als_in_process runs algorithm=als, not '{algorithm.name}'")
+    privacy = privacy or PrivacySpec()
+    source = SplitUserSource(
+        split, np.arange(split.train.num_users) if users is None else np.asarray(users)
+    )
+    plan = FederationPlan(
+        settings=RoundSettings(
+            model=ModelSpec(embedding_dim, 0.1),
+            privacy=privacy,
+            evaluation=LocalEvalSpec(full_metrics=list(metrics), sampled_metrics=[]),
+            seed=seed,
+            als=algorithm.als_spec(),
+            algorithm="als",
+        ),
+        strategy=StrategySpec(),
+        rounds=rounds,
+        clients_per_round=len(source),
+        eval_clients_per_round=len(source),
+        seed=seed,
+        eval_every_rounds=rounds,
+        als=als_server_plan(algorithm, privacy, rounds=rounds),
+    )
+    initial = random_item_arrays(split.train.num_items, embedding_dim, init_std=0.1, seed=seed)
+    last: dict[str, float] = {}
+
+    def keep(record) -> None:
+        if record.evaluation and record.server_round == rounds:
+            last.update(record.evaluation)
+            if record.user_level_epsilon is not None:
+                last["user_level_epsilon"] = record.user_level_epsilon
+
+    table = run_rounds(
+        InProcessTransport(source, split_replies=False), plan, initial, on_round=keep
+    )
+    return last, table
+
+
+def candidates(base: AlgorithmSpec, dim: int, grid: dict[str, list[Any]]) -> list[dict]:
+    """Every combination of the grid's values over the base settings (checked as configs)."""
+    unknown = sorted(set(grid) - set(TUNABLE) - {"embedding_dim"})
+    if unknown:
+        raise ValueError(
+            f"tune.grid: unknown field(s) {', '.join(unknown)}; accepted: "
+            f"{', '.join((*TUNABLE, 'embedding_dim'))}"
+        )
+    for name, values in grid.items():
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"tune.grid.{name} must be a non-empty list of values")
+    names = list(grid)
+    out = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        chosen = dict(zip(names, values, strict=True))
+        settings = {f: getattr(base, f) for f in TUNABLE} | {"embedding_dim": dim} | chosen
+        AlgorithmSpec(name=base.name, **{f: settings[f] for f in TUNABLE})  # validates
+        out.append(settings)
+    return out
+
+
+def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
+    """Score every candidate on the validation split, train the best on the full training log,
+    score it on the test split; write ``tune.json`` and ``best.yaml``."""
+    if cfg.algorithm.name != "als":
+        raise ValueError(
+            "fedrec tune chooses algorithm=als's settings (closed-form rounds make a grid cheap); "
+            "DP-SGD MF is tuned with benchmarks/tune_federated.py's validation mode"
+        )
+    if cfg.rounds < 1:
+        raise ValueError(f"tune.rounds={cfg.rounds}; expected >= 1")
+    grid = candidates(cfg.algorithm, cfg.model.embedding_dim, dict(cfg.grid))
+    split = load_split(cfg.dataset)
+    validation = validation_split(split)
+    logger.info(
+        "tune: %d candidates on a validation split of the training log (%d users, %d held-out "
+        "interactions); the test split chooses nothing",
+        len(grid),
+        len(validation.test_users),
+        len(validation.test),
+    )
+    rows = []
+    for number, settings in enumerate(grid, 1):
+        start = time.perf_counter()
+        algorithm, dim = _algorithm_of(cfg.algorithm, settings)
+        scores, _ = run_als_in_process(
+            validation,
+            algorithm,
+            embedding_dim=dim,
+            rounds=cfg.rounds,
+            privacy=cfg.privacy,
+            seed=cfg.seed,
+            metrics=(cfg.metric,),
+        )
+        if cfg.metric not in scores:
+            raise ValueError(f"tune.metric='{cfg.metric}' is not a full-ranking metric")
+        rows.append({**settings, f"validation_{cfg.metric}": scores[cfg.metric]})
+        logger.info(
+            "candidate %d/%d %s: validation %s %.4f (%.1f s)",
+            number,
+            len(grid),
+            settings,
+            cfg.metric,
+            scores[cfg.metric],
+            time.perf_counter() - start,
+        )
+    best = max(rows, key=lambda row: row[f"validation_{cfg.metric}"])
+    algorithm, dim = _algorithm_of(cfg.algorithm, best)
+    test_scores, _ = run_als_in_process(
+        split, algorithm, embedding_dim=dim, rounds=cfg.rounds, privacy=cfg.privacy, seed=cfg.seed
+    )
+    chosen = {f: best[f] for f in (*TUNABLE, "embedding_dim")}
+    logger.info(
+        "best on validation: %s; on the test split (chose nothing): %s",
+        chosen,
+        {k: round(v, 4) for k, v in test_scores.items()},
+    )
+    run_dir = Path(run_dir)
+    (run_dir / "tune.json").write_text(
+        json.dumps(
+            {
+                "dataset": split.train.source,
+                "metric": cfg.metric,
+                "rounds": cfg.rounds,
+                "validation": {"rule": split.name, "seed": validation.seed},
+                "candidates": rows,
+                "best": chosen,
+                "test": test_scores,
+            },
+            indent=2,
+        )
+    )
+    lines = [f"# chosen by fedrec tune on {split.train.source}'s validation split", "name: als"]
+    lines += [f"{f}: {best[f]}" for f in TUNABLE]
+    (run_dir / "best.yaml").write_text("\n".join(lines) + f"\n# model.embedding_dim: {dim}\n")
+    return {f"validation_{cfg.metric}": best[f"validation_{cfg.metric}"], **test_scores}
+
+
+def _algorithm_of(base: AlgorithmSpec, settings: dict) -> tuple[AlgorithmSpec, int]:
+    return (
+        AlgorithmSpec(name=base.name, **{f: settings[f] for f in TUNABLE}),
+        int(settings["embedding_dim"]),
+    )

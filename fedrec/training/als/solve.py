@@ -1,0 +1,86 @@
+"""The closed-form halves of implicit-feedback ALS (numpy only: devices, nodes and the server).
+
+Loss (iALS with a "gravity" term, Rendle et al. 2022; the form DP-ALS uses, Chien et al. 2021)::
+
+    Σ_{(i,j) observed} (1 − ⟨u_i, v_j⟩)² + α₀ Σ_{all i,j} ⟨u_i, v_j⟩² + λ (Σ‖u_i‖² + Σ‖v_j‖²)
+
+With the items fixed each user's factor is a ridge regression on their own items only, plus the
+d×d Gram matrix VᵀV of the whole table (the gravity term):
+``u = (V_Ωᵀ V_Ω + α₀ VᵀV + λI)⁻¹ V_Ωᵀ 1``. A device computes it from its log and the received
+table; it never leaves the device. With the users fixed each item's factor needs only sums over
+the users who touched it, ``A_j = Σ u uᵀ`` and ``b_j = Σ u``, and the global ``G = Σ u uᵀ``:
+``v_j = (A_j + α₀ G + λI)⁻¹ b_j``. Those sums are what devices send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SOLVE_CHUNK = 2048  # items (or users) solved per stacked np.linalg.solve call
+
+
+def table_gram(item_embedding: np.ndarray) -> np.ndarray:
+    """``VᵀV`` in float64."""
+    table = np.asarray(item_embedding, dtype=np.float64)
+    return table.T @ table
+
+
+def solve_users(
+    item_embedding: np.ndarray,
+    item_lists: Sequence[np.ndarray],
+    *,
+    reg: float,
+    unobserved_weight: float,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each user's exact factor (rows in the order of ``item_lists``) against a fixed table.
+
+    A user with no items gets the zero factor (the ridge solution of an empty log)."""
+    table = np.asarray(item_embedding, dtype=np.float64)
+    dim = table.shape[1]
+    base = unobserved_weight * (table_gram(table) if gram is None else gram) + reg * np.eye(dim)
+    factors = np.zeros((len(item_lists), dim))
+    for start in range(0, len(item_lists), SOLVE_CHUNK):
+        chunk = item_lists[start : start + SOLVE_CHUNK]
+        lhs = np.empty((len(chunk), dim, dim))
+        rhs = np.empty((len(chunk), dim))
+        for row, items in enumerate(chunk):
+            observed = table[np.asarray(items, dtype=np.int64)]
+            lhs[row] = observed.T @ observed + base
+            rhs[row] = observed.sum(axis=0)
+        factors[start : start + len(chunk)] = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    return factors
+
+
+def solve_items(
+    lhs: np.ndarray,
+    rhs: np.ndarray,
+    gram: np.ndarray,
+    *,
+    reg: float,
+    unobserved_weight: float,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Every item's factor from the summed statistics (``lhs`` [n, d, d], ``rhs`` [n, d],
+    ``gram`` [d, d]); items outside ``rows`` (a boolean mask; None: all) get a zero row."""
+    num_items, dim = rhs.shape
+    base = unobserved_weight * np.asarray(gram, dtype=np.float64) + reg * np.eye(dim)
+    table = np.zeros((num_items, dim))
+    wanted = np.arange(num_items) if rows is None else np.flatnonzero(rows)
+    for start in range(0, len(wanted), SOLVE_CHUNK):
+        index = wanted[start : start + SOLVE_CHUNK]
+        system = np.asarray(lhs[index], dtype=np.float64) + base
+        table[index] = np.linalg.solve(system, np.asarray(rhs[index], np.float64)[..., None])[
+            ..., 0
+        ]
+    return table
+
+
+def project_psd(matrices: np.ndarray) -> np.ndarray:
+    """The nearest positive semi-definite matrix to each of ``matrices`` (one [d, d] or a stack):
+    symmetrise, then clip negative eigenvalues to 0. Post-processing of a noisy release."""
+    symmetric = (matrices + np.swapaxes(matrices, -1, -2)) / 2
+    values, vectors = np.linalg.eigh(symmetric)
+    return (vectors * np.maximum(values, 0)[..., None, :]) @ np.swapaxes(vectors, -1, -2)

@@ -1,0 +1,304 @@
+"""Federated (DP-)ALS: what travels, the contribution bounds DP-ALS's noise assumes, its
+accountant and noise scale, engine equality, and the server's refusal of bad statistics.
+
+Real Flower simulations (per-user and cohort nodes) on the small synthetic log; the in-process
+federation and the server rule on the ML-100K-shaped synthetic log.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedrec.config import compose
+from fedrec.config.algorithm import AlgorithmSpec
+from fedrec.federation.als_rule import AlsRule, AlsServerPlan, noisy_sums, statistics_rejection
+from fedrec.federation.record import RoundRecord
+from fedrec.jobs.simulate import choose_users, run_simulate
+from fedrec.jobs.tune import candidates, run_als_in_process
+from fedrec.nodes.sources import SplitUserSource
+from fedrec.privacy import PrivacySpec
+from fedrec.privacy.als import AlsPrivacyPlan, plan_dp_als
+from fedrec.protocol.replies import NodeReply, UserOutcome
+from fedrec.protocol.settings import AlsSpec
+from fedrec.protocol.wire import ARRAYS_KEY
+from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
+from fedrec.training.als.trainer import als_round
+from fedrec.training.state import CohortMember, DeviceState
+
+SMALL = [
+    "algorithm=als",
+    "model.embedding_dim=8",
+    "federation.num_clients=12",
+    "federation.clients_per_round=12",
+    "federation.rounds=2",
+    "federation.eval_clients_per_round=0",
+    "federation.ray_cpus=2",
+    "federation.cohort_nodes=2",
+]
+
+
+class ReplyAudit:
+    """A client mod that saves every train reply's arrays (what the server receives)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg, context, call_next):
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "train" and not reply.has_error():
+            arrays = {k: v.numpy() for k, v in reply.content[ARRAYS_KEY].items()}
+            name = f"r{msg.content['config']['server-round']}_n{context.node_id}.npz"
+            np.savez(os.path.join(self.folder, name), **arrays)
+        return reply
+
+
+def _table(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "item_table.npz") as table:
+        return {name: table[name] for name in table.files}
+
+
+def test_flower_engines_agree_and_no_message_holds_the_user_factor(tmp_path):
+    audit = tmp_path / "replies"
+    audit.mkdir()
+    per_user = tmp_path / "per_user"
+    run_simulate(compose("simulate", SMALL), per_user, client_mods=[ReplyAudit(audit)])
+    cohort = tmp_path / "cohort"
+    run_simulate(compose("simulate", [*SMALL, "federation.engine=cohort"]), cohort)
+
+    replies = [dict(np.load(path)) for path in sorted(audit.glob("*.npz"))]
+    assert len(replies) == 2 * 12  # every user, both rounds
+    for arrays in replies:
+        # what left the device: the item statistics, never the factor (or any user-side name)
+        assert set(arrays) == set(STATISTIC_NAMES)
+        assert arrays[ITEMS].dtype == np.int64  # item ids arrive exact
+        assert not any(name.startswith("user") for name in arrays)
+    # the factor stayed on the device: its state store holds it (12 users, dim 8)
+    import sqlite3
+
+    with sqlite3.connect(per_user / "device_states.sqlite") as db:
+        assert db.execute("select count(*) from sqlite_master").fetchone()[0] > 0
+
+    first, second = _table(per_user), _table(cohort)
+    # float32 on the wire, float64 sums on the server / the node: equal to rounding
+    np.testing.assert_allclose(
+        first["item_embedding.weight"], second["item_embedding.weight"], atol=2e-4, rtol=1e-3
+    )
+
+    # and the in-process federation, with and without per-user replies, agrees too
+    split = compose("simulate", SMALL)
+    from fedrec.data import load_split
+
+    data = load_split(split.dataset)
+    users = choose_users(data.train.num_users, 12, seed=0)  # the users run_simulate chose
+    _, in_process = run_als_in_process(
+        data, split.algorithm, embedding_dim=8, rounds=2, seed=0, users=users
+    )
+    np.testing.assert_allclose(
+        first["item_embedding.weight"], in_process["item_embedding.weight"], atol=2e-4, rtol=1e-3
+    )
+
+
+def _members(split, count: int, seed: int = 0) -> list[CohortMember]:
+    source = SplitUserSource(split, np.arange(split.train.num_users))
+    return [
+        CohortMember(
+            key=user,
+            data=source.local_data({"partition-id": user})[1],
+            state=DeviceState(),
+            seed=seed + user,
+        )
+        for user in range(count)
+    ]
+
+
+def test_each_users_real_contribution_stays_within_the_sensitivity_bounds(ml100k_shaped_split):
+    clip, budget, dim = 0.5, 10, 16
+    rng = np.random.default_rng(0)
+    table = {
+        "item_embedding.weight": rng.normal(0, 0.3, (ml100k_shaped_split.train.num_items, dim)),
+        "item_bias.weight": np.zeros((ml100k_shaped_split.train.num_items, 1)),
+    }
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1, max_items=budget, clip_norm=clip)
+    members = _members(ml100k_shaped_split, 60)
+    result = als_round(table, members, spec=spec, explicit=False, keep_updates=True)
+    assert len(result.updates) == 60
+    plan = AlsServerPlan(spec, privacy=AlsPrivacyPlan(clip, budget, 1.0, 1e-5))
+    binding = 0
+    for member in members:
+        stats = result.updates[member.key]
+        gram, lhs, rhs, counts = stats[GRAM], stats[LHS], stats[RHS], stats[COUNTS]
+        assert len(stats[ITEMS]) <= budget
+        assert set(stats[ITEMS]) <= set(member.data.train_items.tolist())
+        assert np.linalg.norm(gram) <= clip**2 * (1 + 1e-5)  # ‖u uᵀ‖_F = ‖u‖²
+        assert np.linalg.norm(lhs) <= math.sqrt(budget) * clip**2 * (1 + 1e-5)
+        assert np.linalg.norm(rhs) <= math.sqrt(budget) * clip * (1 + 1e-5)
+        assert np.all(counts == 1) and np.linalg.norm(counts) <= math.sqrt(budget)
+        binding += len(member.data.train_items) > budget
+        assert (
+            statistics_rejection(
+                stats, num_items=len(table["item_bias.weight"]), dim=dim, users=1, plan=plan
+            )
+            is None
+        )
+    assert binding > 30  # the item budget bound most of these users (the test tests something)
+    # the node's sum is the sum of its users' statistics
+    total = result.update_sum
+    assert np.allclose(total[GRAM], sum(result.updates[m.key][GRAM] for m in members), atol=1e-5)
+
+
+def _in_process_dp(split, epsilon: float, rounds: int) -> tuple[list[float], AlsPrivacyPlan]:
+    """DP-ALS in process on the first 80 users; the per-round ε the server recorded."""
+    from fedrec.federation.in_process import InProcessTransport
+    from fedrec.federation.loop import FederationPlan, run_rounds
+    from fedrec.federation.server_step import StrategySpec
+    from fedrec.jobs.simulate import als_server_plan
+    from fedrec.model.mf import random_item_arrays
+    from fedrec.model.spec import ModelSpec
+    from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
+
+    algorithm = AlgorithmSpec(name="als", clip_norm=1.0, max_items=20, frequent_fraction=0.5)
+    privacy = PrivacySpec(mode="user", user_target_epsilon=epsilon, delta=1e-5)
+    server = als_server_plan(algorithm, privacy, rounds=rounds)
+    source = SplitUserSource(split, np.arange(80))
+    plan = FederationPlan(
+        settings=RoundSettings(
+            model=ModelSpec(8, 0.1),
+            privacy=privacy,
+            evaluation=LocalEvalSpec(full_metrics=["ndcg@10"], sampled_metrics=[]),
+            als=algorithm.als_spec(),
+            algorithm="als",
+            seed=0,
+        ),
+        strategy=StrategySpec(),
+        rounds=rounds,
+        clients_per_round=80,
+        eval_clients_per_round=0,
+        seed=0,
+        als=server,
+    )
+    spent: list[float] = []
+    initial = random_item_arrays(split.train.num_items, 8, init_std=0.1, seed=0)
+    run_rounds(
+        InProcessTransport(source, split_replies=False),
+        plan,
+        initial,
+        on_round=lambda r: r.server_round and spent.append(r.user_level_epsilon),
+    )
+    return spent, server.privacy
+
+
+def test_epsilon_is_a_fresh_accountants_for_the_releases_made(ml100k_shaped_split):
+    spent, private = _in_process_dp(ml100k_shaped_split, epsilon=4.0, rounds=3)
+    assert len(spent) == 3
+    for rounds_done, epsilon in enumerate(spent, 1):
+        fresh = RDPAccountant()
+        for _ in range(rounds_done):  # each release: G at scale·z, all A_j and all b_j at z
+            fresh.step(
+                noise_multiplier=private.gram_noise_scale * private.noise_multiplier,
+                sample_rate=1.0,
+            )
+            fresh.step(noise_multiplier=private.noise_multiplier, sample_rate=1.0)
+            fresh.step(noise_multiplier=private.noise_multiplier, sample_rate=1.0)
+        fresh.step(noise_multiplier=private.noise_multiplier, sample_rate=1.0)  # the counts, once
+        assert epsilon == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+    # the target ε was solved for: spent after the last round, within the accountant's grid
+    assert spent[-1] <= 4.0 * (1 + 1e-6) + 0.01 and spent[-1] > 3.5
+
+
+def test_the_noise_has_the_stated_scale():
+    private = plan_dp_als(clip_norm=0.7, max_items=30, delta=1e-5, rounds=5, noise_multiplier=1.3)
+    stds = private.stds
+    assert stds["rhs"] == pytest.approx(1.3 * math.sqrt(30) * 0.7)
+    assert stds["lhs"] == pytest.approx(1.3 * math.sqrt(30) * 0.7**2)
+    assert stds["counts"] == pytest.approx(1.3 * math.sqrt(30))
+    assert stds["gram"] == pytest.approx(4.0 * 1.3 * 0.7**2)
+    items, dim = 400, 16
+    lhs, rhs, counts, gram = noisy_sums(
+        private,
+        np.zeros((items, dim, dim)),
+        np.zeros((items, dim)),
+        np.zeros(items),
+        np.zeros((dim, dim)),
+        np.random.default_rng(1),
+    )
+    assert rhs.std() == pytest.approx(stds["rhs"], rel=0.03)
+    assert counts.std() == pytest.approx(stds["counts"], rel=0.1)
+    off = ~np.eye(dim, dtype=bool)
+    # symmetrised i.i.d. noise: off-diagonal std / √2, diagonal std unchanged
+    assert lhs[:, off].std() == pytest.approx(stds["lhs"] / math.sqrt(2), rel=0.03)
+    assert np.diagonal(lhs, axis1=1, axis2=2).std() == pytest.approx(stds["lhs"], rel=0.05)
+    assert np.allclose(lhs, np.swapaxes(lhs, 1, 2))
+
+
+def _honest(split, spec: AlsSpec, dim: int = 8):
+    rng = np.random.default_rng(0)
+    table = {
+        "item_embedding.weight": rng.normal(0, 0.3, (split.train.num_items, dim)),
+        "item_bias.weight": np.zeros((split.train.num_items, 1)),
+    }
+    result = als_round(table, _members(split, 6), spec=spec, explicit=False, keep_updates=True)
+    return table, result
+
+
+def _reply(key: int, arrays: dict[str, np.ndarray]) -> NodeReply:
+    return NodeReply(
+        node=key, outcomes=[UserOutcome(key, "trained")], arrays=arrays, weight=1.0, summed=True
+    )
+
+
+def test_bad_statistics_are_refused_and_counted(ml100k_shaped_split):
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1, max_items=10, clip_norm=0.5)
+    table, result = _honest(ml100k_shaped_split, spec)
+    good = result.updates[0]
+
+    def changed(**replace) -> dict[str, np.ndarray]:
+        return {**{k: np.array(v) for k, v in good.items()}, **replace}
+
+    nan_rhs = np.array(good[RHS])
+    nan_rhs[0, 0] = np.nan
+    indefinite = np.array(good[GRAM]) - 2 * np.eye(8)
+    crafted = {
+        "wrong shape": changed(**{LHS: np.zeros((len(good[ITEMS]), 8, 7))}),
+        "NaN": changed(**{RHS: nan_rhs}),
+        "not PSD": changed(**{GRAM: indefinite}),
+        "over the clip bound": changed(**{RHS: good[RHS] * 3, GRAM: good[GRAM] * 9}),
+        "item ids outside the catalogue": changed(**{ITEMS: good[ITEMS] + 10_000}),
+        "a count above the users summed": changed(**{COUNTS: good[COUNTS] * 2}),
+        "a missing statistic": {k: v for k, v in good.items() if k != COUNTS},
+    }
+    plan = AlsServerPlan(spec, privacy=AlsPrivacyPlan(0.5, 10, 1.0, 1e-5))
+    for name, arrays in crafted.items():
+        reason = statistics_rejection(
+            arrays, num_items=len(table["item_bias.weight"]), dim=8, users=1, plan=plan
+        )
+        assert reason is not None, name
+
+    rule = AlsRule(plan, rounds=1, min_replies=1, seed=0)
+    replies = [_reply(k, result.updates[k]) for k in range(1, 6)]
+    replies += [_reply(100 + i, arrays) for i, arrays in enumerate(crafted.values())]
+    record = RoundRecord(server_round=1, sampled=len(replies))
+    updated = rule.apply(1, table, replies, record)
+    assert record.rejected == len(crafted) and record.accepted == 5
+    assert updated is not None and np.isfinite(updated["item_embedding.weight"]).all()
+
+
+def test_config_rules_refuse_what_als_cannot_do(tmp_path):
+    for overrides, phrase in (
+        (["privacy=record"], "user-level DP on the aggregate"),
+        (["privacy=user"], "needs algorithm.clip_norm > 0"),
+        (["dataset=ml100k_explicit"], "implicit"),
+        (["secure_aggregation=secaggplus"], "not implemented"),
+        (["strategy=fedadam"], "strategy=fedavg"),
+    ):
+        with pytest.raises(ValueError, match=phrase):
+            run_simulate(compose("simulate", [*SMALL, *overrides]), tmp_path / "refused")
+    with pytest.raises(ValueError, match="unknown field"):
+        candidates(AlgorithmSpec(name="als"), 8, {"learning_rate": [0.1]})
+    with pytest.raises(ValueError, match="reg"):
+        candidates(AlgorithmSpec(name="als"), 8, {"reg": [0.0]})
