@@ -332,6 +332,13 @@ def test_privacy_report_matches_what_was_sent(client):
 
 def test_recommend_and_explain_by_hand(tmp_path):
     """Six items on two axes; the user has seen items 0 and 3 and likes the x axis."""
+    with FedrecClient.open(tmp_path / "empty.sqlite", num_items=6) as client:
+        # no interaction and no round: nothing to solve from, items rank by their bias
+        table0 = {
+            "item_embedding.weight": np.eye(6, 2, dtype=np.float32),
+            "item_bias.weight": np.arange(6, dtype=np.float32)[:, None],
+        }
+        assert [r.item for r in client.recommend(2, item_table=table0)] == [5, 4]
     table = {
         "item_embedding.weight": np.array(
             [[1, 0], [0.9, 0.1], [0.5, 0], [0, 1], [0.1, 0.9], [-1, 0]], dtype=np.float32
@@ -341,8 +348,15 @@ def test_recommend_and_explain_by_hand(tmp_path):
     with FedrecClient.open(tmp_path / "r.sqlite", num_items=6) as client:
         client.record_interaction(0, category="view")
         client.record_interaction(3, category="view")
-        # Before any round: no user embedding, so items rank by their bias (ties: lower id).
-        assert [r.item for r in client.recommend(2, item_table=table)] == [2, 1]
+        # Before any round (a cold start): the factor is solved in closed form from the user's
+        # own items against this table, u = (V_ΩᵀV_Ω + α₀VᵀV + λI)⁻¹ V_Ωᵀ1 (λ = 3, α₀ = 0.3).
+        items = np.asarray(table["item_embedding.weight"], np.float64)
+        own = items[[0, 3]]
+        u = np.linalg.solve(own.T @ own + 0.3 * items.T @ items + 3 * np.eye(2), own.sum(0))
+        expected = items @ u + table["item_bias.weight"][:, 0]
+        cold = client.recommend(2, item_table=table)
+        assert [r.item for r in cold] == [2, 4]  # 2: 0.5·u₀ + 0.3; 4: leans on item 3's axis
+        assert [r.score for r in cold] == pytest.approx(expected[[2, 4]])
         with client.store.transaction() as db:
             client.store.write_arrays(
                 db, USER_ARRAYS, {"user_embedding.weight": np.array([[2.0, 0.0]], np.float32)}

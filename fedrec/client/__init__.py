@@ -25,6 +25,7 @@ from fedrec.privacy.ledger import PrivacyBudgetExhausted
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.protocol.settings import (
     ROUND_CONFIG_DOCS,
+    AlsSpec,
     LocalEvalSpec,
     LocalTrainingSpec,
     RoundSettings,
@@ -37,6 +38,7 @@ from fedrec.training.state import DeviceState, LocalData
 __all__ = [
     "CATEGORIES",
     "ROUND_CONFIG_DOCS",
+    "AlsSpec",
     "ClientUpdate",
     "ConsentRequired",
     "ConsentStatus",

@@ -35,6 +35,7 @@ from fedrec.client.recommend import (
     Recommendation,
     nearest_own_items,
     scores,
+    solve_own_factor,
     top_k,
 )
 from fedrec.client.rights import DeletionReport, PrivacyReport, export_record, privacy_report
@@ -47,7 +48,7 @@ from fedrec.client.store import (
     SentTensor,
 )
 from fedrec.protocol.seeds import EVAL_SEED, TRAIN_SEED, user_seed
-from fedrec.protocol.settings import RoundSettings
+from fedrec.protocol.settings import AlsSpec, RoundSettings
 from fedrec.protocol.wire import NUM_EXAMPLES, RefusalReason, RoundRefused
 from fedrec.training.state import DeviceState, LocalData
 from fedrec.training.table_check import check_item_table
@@ -244,21 +245,38 @@ class FedrecClient:
         state = DeviceState(
             self.store.arrays(USER_ARRAYS), self.store.ledger(), self.store.rounds_trained
         )
-        # The closed-form DP-SGD engine: train_round's contract and numbers (tests/test_cohort.py
-        # checks it against Opacus), without building an Opacus engine on the device; it cuts
-        # a round's peak memory by ~45 MB (benchmarks/client_footprint.py).
-        result = train_one(
-            "closed_form",
-            item_arrays,
-            data,
-            state,
-            model_spec=settings.model,
-            training=settings.training,
-            privacy=settings.privacy,
-            explicit=settings.explicit,
-            seed=user_seed(settings.seed, self.store.device_key, settings.server_round, TRAIN_SEED),
-            server_round=settings.server_round,
-        )
+        seed = user_seed(settings.seed, self.store.device_key, settings.server_round, TRAIN_SEED)
+        if settings.algorithm == "als":  # the simulation's own ALS round, for a block of one
+            from fedrec.training.als.trainer import als_one
+
+            try:
+                result = als_one(
+                    item_arrays,
+                    data,
+                    state,
+                    spec=settings.als,
+                    explicit=settings.explicit,
+                    seed=seed,
+                )
+            except ValueError as err:
+                raise RoundRefused(str(err)) from None
+        else:
+            # The closed-form DP-SGD engine: train_round's contract and numbers
+            # (tests/test_cohort.py checks it against Opacus), without building an Opacus engine
+            # on the device; it cuts a round's peak memory by ~45 MB
+            # (benchmarks/client_footprint.py).
+            result = train_one(
+                "closed_form",
+                item_arrays,
+                data,
+                state,
+                model_spec=settings.model,
+                training=settings.training,
+                privacy=settings.privacy,
+                explicit=settings.explicit,
+                seed=seed,
+                server_round=settings.server_round,
+            )
         metrics = {
             NUM_EXAMPLES: len(data.train_items) if settings.weight_by_examples else 1,
             "train_loss": result.loss,
@@ -323,15 +341,27 @@ class FedrecClient:
         return table
 
     def recommend(
-        self, k: int = 10, *, item_table: dict[str, np.ndarray] | None = None
+        self,
+        k: int = 10,
+        *,
+        item_table: dict[str, np.ndarray] | None = None,
+        solve: AlsSpec | None = None,
     ) -> list[Recommendation]:
         """The top ``k`` items for this user, excluding every item they interacted with.
 
         Uses the kept user embedding and the latest item table (the one passed, else the one
-        stored at the last round). Local only: nothing is sent, consent is not needed."""
+        stored at the last round). With ``solve`` (an ALS table: the factor belongs to the
+        table it is solved against), or for a user who has taken part in no round yet (a cold
+        start), the user's factor is solved now, in closed form, from their own log against
+        this table (:func:`~fedrec.client.recommend.solve_own_factor`); a user without any
+        interaction gets the table's popularity order. Local only: nothing is sent, consent
+        is not needed, and the solved factor is not stored."""
         table = self._item_table(item_table)
-        seen = {row.item for row in self.store.interactions()}
-        return top_k(scores(table, self.store.arrays(USER_ARRAYS)), k, sorted(seen))
+        own = [row.item for row in self.store.interactions()]
+        user = self.store.arrays(USER_ARRAYS)
+        if own and (solve is not None or user is None):
+            user = solve_own_factor(table, own, solve or AlsSpec())
+        return top_k(scores(table, user), k, sorted(set(own)))
 
     def explain(
         self, item: int, *, top: int = 3, item_table: dict[str, np.ndarray] | None = None

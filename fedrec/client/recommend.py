@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.protocol.settings import AlsSpec
+
 ITEM_EMBEDDING, ITEM_BIAS = "item_embedding.weight", "item_bias.weight"
 USER_EMBEDDING, USER_BIAS, GLOBAL_BIAS = (
     "user_embedding.weight",
@@ -51,6 +53,21 @@ def scores(
     if GLOBAL_BIAS in item_table:
         result += float(np.asarray(item_table[GLOBAL_BIAS]).reshape(-1)[0])
     return result
+
+
+def solve_own_factor(
+    item_table: dict[str, np.ndarray], own_items: Sequence[int], spec: AlsSpec
+) -> dict[str, np.ndarray]:
+    """The user's factor solved in closed form from their own items against ``item_table``
+    (the ALS user step, :func:`fedrec.training.als.solve.solve_users`): personal
+    recommendations for a user who took part in no round, at once and on the device."""
+    from fedrec.training.als.solve import solve_users
+
+    items = np.unique(np.asarray(list(own_items), dtype=np.int64))
+    factor = solve_users(
+        item_table[ITEM_EMBEDDING], [items], reg=spec.reg, unobserved_weight=spec.unobserved_weight
+    )[0]
+    return {USER_EMBEDDING: factor.reshape(1, -1)}
 
 
 def top_k(item_scores: np.ndarray, k: int, exclude: Sequence[int]) -> list[Recommendation]:

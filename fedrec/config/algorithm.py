@@ -31,6 +31,8 @@ class AlgorithmSpec:
     clip_norm: float = 0.0
     frequent_fraction: float = 1.0
     gram_noise_scale: float = 4.0
+    item_grams: bool = True
+    popularity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in ALGORITHMS:

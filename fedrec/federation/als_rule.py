@@ -53,10 +53,14 @@ class AlsServerPlan:
     spec: AlsSpec
     frequent_fraction: float = 1.0  # the share of items (by private count) the model trains
     privacy: AlsPrivacyPlan | None = None
+    item_grams: bool = True  # False: A_j ≈ n_j · G / N (the per-item Grams are not used)
+    popularity_weight: float = 0.0  # a trained item's bias: this × its (private) count / the top
 
     def __post_init__(self) -> None:
         if not 0 < self.frequent_fraction <= 1:
             raise ValueError(f"frequent_fraction={self.frequent_fraction}; expected (0, 1]")
+        if self.privacy is not None and self.privacy.item_grams != self.item_grams:
+            raise ValueError("the DP-ALS plan must account for exactly the sums the server uses")
 
 
 class _Popularity:
@@ -118,7 +122,8 @@ class AlsRule(ServerRule):
             count_release = self.step.counts is None and private.count_release  # type: ignore[attr-defined]
             epsilon = private.epsilon_after(self.releases + 1, self._count_releases(count_release))
             lhs, rhs, noisy_counts, gram = noisy_sums(private, lhs, rhs, counts, gram, self.rng)
-            gram, lhs = project_psd(gram), project_psd(lhs)
+            gram = project_psd(gram)
+            lhs = project_psd(lhs) if private.item_grams else lhs
             if count_release:
                 self.step.counts = noisy_counts  # type: ignore[attr-defined]
             self.releases += 1
@@ -133,21 +138,26 @@ class AlsRule(ServerRule):
                 private.delta,
             )
         else:
-            lhs = project_psd(lhs)  # a no-op for honest sums; a crafted one cannot go indefinite
+            if self.plan.item_grams:  # a no-op for honest sums; a crafted one cannot go indefinite
+                lhs = project_psd(lhs)
             if self.step.counts is None:  # type: ignore[attr-defined]
                 self.step.counts = counts  # type: ignore[attr-defined]
         popularity = self.step.counts  # type: ignore[attr-defined]
         if popularity is None:  # DP-ALS without a count release trains every item
             popularity = np.zeros(num_items)
+        if not self.plan.item_grams:  # each item's users taken as a draw of average users
+            per_user = gram / max(record.sampled, 1)  # N: the users asked, fixed by the plan
+            seen = counts if private is None else popularity
+            lhs = np.maximum(seen, 0)[:, None, None] * per_user[None]
         trained = self._frequent(popularity)
         spec = self.plan.spec
         table = solve_items(
             lhs, rhs, gram, reg=spec.reg, unobserved_weight=spec.unobserved_weight, rows=trained
         )
         bias = np.zeros((num_items, 1))
-        if not trained.all():
-            scale = max(float(np.max(popularity)), 1.0)
-            bias[~trained, 0] = UNTRAINED_BIAS + np.clip(popularity[~trained] / scale, 0, 1)
+        share = np.clip(popularity / max(float(np.max(popularity)), 1.0), 0, 1)
+        bias[trained, 0] = self.plan.popularity_weight * share[trained]
+        bias[~trained, 0] = UNTRAINED_BIAS + share[~trained]
         self.last_update = None
         return {
             EMBEDDING: table.astype(current[EMBEDDING].dtype),
@@ -180,7 +190,7 @@ def noisy_sums(
     sums (before symmetrising and the PSD projection, which are post-processing)."""
     stds = private.stds
     return (
-        _symmetric(add_noise(lhs, stds["lhs"], rng)),
+        _symmetric(add_noise(lhs, stds["lhs"], rng)) if private.item_grams else lhs,
         add_noise(rhs, stds["rhs"], rng),
         add_noise(counts, stds["counts"], rng),
         _symmetric(add_noise(gram, stds["gram"], rng)),

@@ -129,6 +129,7 @@ def als_server_plan(
             else privacy.user_noise_multiplier,
             target_epsilon=privacy.user_target_epsilon,
             gram_noise_scale=algorithm.gram_noise_scale,
+            item_grams=algorithm.item_grams,
         )
         logger.info(
             "DP-ALS: noise multiplier %.4g (Γ=%g, B=%d); user-level ε %.4g after %d rounds (δ=%g)",
@@ -140,7 +141,11 @@ def als_server_plan(
             dp.delta,
         )
     return AlsServerPlan(
-        algorithm.als_spec(), frequent_fraction=algorithm.frequent_fraction, privacy=dp
+        algorithm.als_spec(),
+        frequent_fraction=algorithm.frequent_fraction,
+        privacy=dp,
+        item_grams=algorithm.item_grams,
+        popularity_weight=algorithm.popularity_weight,
     )
 
 

@@ -50,6 +50,7 @@ class AlsPrivacyPlan:
     delta: float
     gram_noise_scale: float = 4.0  # G is a sum over every user: a larger multiplier costs little
     count_release: bool = True
+    item_grams: bool = True  # False: the A_j are not released (the server uses n_j · G / N)
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0 or self.max_items < 1:
@@ -77,7 +78,8 @@ class AlsPrivacyPlan:
         """The Gaussian mechanisms of ``releases`` rounds and ``count_releases`` count releases
         as (noise multiplier, sampling rate, times): what an Opacus accountant composes."""
         z = self.noise_multiplier
-        steps = [(self.gram_noise_scale * z, 1.0, releases), (z, 1.0, 2 * releases)]
+        per_item = 2 if self.item_grams else 1  # (A_j and) b_j
+        steps = [(self.gram_noise_scale * z, 1.0, releases), (z, 1.0, per_item * releases)]
         steps.append((z, 1.0, count_releases))
         return [step for step in steps if step[2] > 0]
 
@@ -87,10 +89,13 @@ class AlsPrivacyPlan:
         return epsilon_spent(self.history(releases, count_releases), delta=self.delta)
 
 
-def mechanisms_per_unit(rounds: int, gram_noise_scale: float, count_release: bool) -> float:
+def mechanisms_per_unit(
+    rounds: int, gram_noise_scale: float, count_release: bool, item_grams: bool = True
+) -> float:
     """Σ 1/multiplier² of a whole run in units of 1/z²: the run is as private as one Gaussian
     mechanism of multiplier z/√(this), which is how a target ε solves z."""
-    return rounds * (2 + 1 / gram_noise_scale**2) + (1 if count_release else 0)
+    per_item = 2 if item_grams else 1
+    return rounds * (per_item + 1 / gram_noise_scale**2) + (1 if count_release else 0)
 
 
 def plan_dp_als(
@@ -103,19 +108,26 @@ def plan_dp_als(
     target_epsilon: float | None = None,
     gram_noise_scale: float = 4.0,
     count_release: bool = True,
+    item_grams: bool = True,
 ) -> AlsPrivacyPlan:
     """The plan of a run: ``noise_multiplier`` as given, or the smallest one that keeps the
     whole run within ``target_epsilon`` (solved on the run's exact RDP composition)."""
     if target_epsilon is not None:
         from fedrec.privacy.accounting import solve_noise_multiplier
 
-        units = mechanisms_per_unit(rounds, gram_noise_scale, count_release)
+        units = mechanisms_per_unit(rounds, gram_noise_scale, count_release, item_grams)
         single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1)
         noise_multiplier = single * math.sqrt(units)
     if noise_multiplier is None:
         raise ValueError("DP-ALS needs a noise multiplier or a target ε")
     plan = AlsPrivacyPlan(
-        clip_norm, max_items, float(noise_multiplier), delta, gram_noise_scale, count_release
+        clip_norm,
+        max_items,
+        float(noise_multiplier),
+        delta,
+        gram_noise_scale,
+        count_release,
+        item_grams,
     )
     if target_epsilon is not None:
         spent = plan.epsilon_after(rounds, int(count_release))

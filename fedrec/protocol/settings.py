@@ -72,8 +72,8 @@ class AlsSpec:
     sensitivity analysis assumes; 0 means unbounded (no DP).
     """
 
-    reg: float = 0.1
-    unobserved_weight: float = 0.1
+    reg: float = 3.0  # the shipped defaults (configs/algorithm/als.yaml), chosen on validation
+    unobserved_weight: float = 0.3
     max_items: int = 0
     clip_norm: float = 0.0
 

@@ -5,7 +5,8 @@ every user's factor is solved exactly from all of their training items against t
 table (:func:`~fedrec.training.als.solve.solve_users`) and kept in the device state (the
 evaluation and on-device recommendations solve it again against the newest table); the released
 statistics (:mod:`fedrec.training.als.statistics`) use the clipped factor and at most
-``max_items`` items drawn with the user's round seed. Nothing is charged to the device's ledger:
+``max_items`` items drawn with the user's round seed, among the items the table trains (the
+server leaves the others at a zero row). Nothing is charged to the device's ledger:
 DP-ALS adds its noise to the aggregate (``fedrec.privacy.als``), and the server accounts for it.
 """
 
@@ -18,7 +19,14 @@ import numpy as np
 from fedrec.protocol.settings import AlsSpec
 from fedrec.training.als.solve import solve_users, table_gram
 from fedrec.training.als.statistics import clip_factors, released_items, statistics_of
-from fedrec.training.state import CohortMember, CohortRound, DeviceState, MemberOutcome
+from fedrec.training.state import (
+    CohortMember,
+    CohortRound,
+    DeviceState,
+    LocalData,
+    MemberOutcome,
+    RoundResult,
+)
 
 EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
 
@@ -60,8 +68,15 @@ def als_round(
         gram=gram,
     )
     released = clip_factors(factors, spec.clip_norm)
+    # Items the server left untrained (a zero row: not frequent in the private count release)
+    # would waste the item budget: the statistics are drawn among the trained ones.
+    trained_rows = np.any(table != 0, axis=1)
     chosen = [
-        released_items(m.data.train_items, spec.max_items, np.random.default_rng(m.seed))
+        released_items(
+            m.data.train_items[trained_rows[m.data.train_items]],
+            spec.max_items,
+            np.random.default_rng(m.seed),
+        )
         for m in trainable
     ]
     updates = {}
@@ -85,3 +100,24 @@ def als_round(
         outcomes,
         {key: stats.to_arrays() for key, stats in updates.items()},
     )
+
+
+def als_one(
+    item_arrays: dict[str, np.ndarray],
+    data: LocalData,
+    state: DeviceState,
+    *,
+    spec: AlsSpec,
+    explicit: bool,
+    seed: int | None,
+) -> RoundResult:
+    """One device's ALS round (the embeddable client's and a deployed node's): the same
+    :func:`als_round` as a simulated block of one. ``item_update`` holds the user's statistics;
+    ``ValueError`` where the round cannot run (ratings, an empty log)."""
+    result = als_round(
+        item_arrays, [CohortMember(0, data, state, seed)], spec=spec, explicit=explicit
+    )
+    outcome = result.outcomes[0]
+    if outcome.status != "trained":
+        raise ValueError(outcome.reason)
+    return RoundResult(result.update_sum, outcome.state, outcome.loss, outcome.steps, 1.0, 0.0)
