@@ -166,7 +166,12 @@ def _in_process_dp(
     from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
 
     algorithm = AlgorithmSpec(
-        name="als", clip_norm=1.0, max_items=20, frequent_fraction=0.5, item_grams=item_grams
+        name="als",
+        clip_norm=1.0,
+        max_items=20,
+        frequent_fraction=0.5,
+        item_grams=item_grams,
+        count_noise_scale=1.0 if item_grams else 0.5,
     )
     privacy = PrivacySpec(mode="user", user_target_epsilon=epsilon, delta=1e-5)
     server = als_server_plan(algorithm, privacy, rounds=rounds)
@@ -209,18 +214,25 @@ def test_epsilon_is_a_fresh_accountants_for_the_releases_made(ml100k_shaped_spli
             fresh.step(noise_multiplier=private.gram_noise_scale * z, sample_rate=1.0)
             for _ in range(2 if item_grams else 1):
                 fresh.step(noise_multiplier=z, sample_rate=1.0)
-        fresh.step(noise_multiplier=z, sample_rate=1.0)  # the counts, once
+        fresh.step(noise_multiplier=private.count_noise_scale * z, sample_rate=1.0)  # counts
         assert epsilon == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
     # the target ε was solved for: spent after the last round, within the accountant's grid
     assert 3.5 < spent[-1] <= 4.0 * (1 + 1e-6) + 0.01
 
 
 def test_the_noise_has_the_stated_scale():
-    private = plan_dp_als(clip_norm=0.7, max_items=30, delta=1e-5, rounds=5, noise_multiplier=1.3)
+    private = plan_dp_als(
+        clip_norm=0.7,
+        max_items=30,
+        delta=1e-5,
+        rounds=5,
+        noise_multiplier=1.3,
+        count_noise_scale=0.5,
+    )
     stds = private.stds
     assert stds["rhs"] == pytest.approx(1.3 * math.sqrt(30) * 0.7)
     assert stds["lhs"] == pytest.approx(1.3 * math.sqrt(30) * 0.7**2)
-    assert stds["counts"] == pytest.approx(1.3 * math.sqrt(30))
+    assert stds["counts"] == pytest.approx(0.5 * 1.3 * math.sqrt(30))
     assert stds["gram"] == pytest.approx(4.0 * 1.3 * 0.7**2)
     items, dim = 400, 16
     lhs, rhs, counts, gram = noisy_sums(
@@ -391,3 +403,32 @@ def test_statistics_are_drawn_among_the_items_the_table_trains(ml100k_shaped_spl
     )
     for stats in result.updates.values():
         assert len(stats[ITEMS]) and not untrained[stats[ITEMS]].any()
+
+
+def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
+    import json
+
+    overrides = [
+        *SMALL,
+        "federation.engine=cohort",
+        "privacy=user",
+        "privacy.user_target_epsilon=4",
+        "algorithm.clip_norm=1",
+        "algorithm.max_items=10",
+        "algorithm.item_grams=false",
+        "algorithm.frequent_fraction=0.5",
+    ]
+    final = run_simulate(compose("simulate", overrides), tmp_path / "dp")
+    summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
+    reported = summary["user_level"]
+    plan = plan_dp_als(
+        clip_norm=1, max_items=10, delta=1e-5, rounds=2, target_epsilon=4, item_grams=False
+    )
+    assert summary["algorithm"] == "als"
+    assert reported["noise_multiplier"] == pytest.approx(plan.noise_multiplier)
+    assert reported["epsilon"] == pytest.approx(plan.epsilon_after(2, 1))
+    assert (
+        final["user_level_epsilon"] == pytest.approx(reported["epsilon"])
+        and reported["epsilon"] <= 4.01
+    )
+    assert "DP-ALS" in summary["privacy"]["guarantee"]

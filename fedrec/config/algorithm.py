@@ -20,8 +20,12 @@ class AlgorithmSpec:
 
     ``reg``/``unobserved_weight``/``max_items``/``clip_norm``: the devices' :class:`AlsSpec`.
     ``frequent_fraction``: the share of items, by (private) count, the server trains; the rest
-    are ranked by that count. ``gram_noise_scale``: DP-ALS's noise on the global Gram relative to
-    the per-item sums' (it sums every user, so a larger multiplier costs little accuracy).
+    are ranked by that count. ``gram_noise_scale`` / ``count_noise_scale``: DP-ALS's noise
+    multiplier on the global Gram / on the one count release, relative to the per-item sums' (G
+    sums every user, so a larger multiplier costs little accuracy). ``item_grams``: false
+    replaces each item's Gram by ``n_j · G / N`` (no d×d noise per item). ``popularity_weight``:
+    a trained item's bias is this × its (private) count share, so the ranking leans on
+    popularity where the noisy factors say little.
     """
 
     name: str = "mf"
@@ -31,6 +35,7 @@ class AlgorithmSpec:
     clip_norm: float = 0.0
     frequent_fraction: float = 1.0
     gram_noise_scale: float = 4.0
+    count_noise_scale: float = 1.0
     item_grams: bool = True
     popularity_weight: float = 0.0
 
@@ -42,8 +47,9 @@ class AlgorithmSpec:
             raise ValueError(
                 f"algorithm.frequent_fraction={self.frequent_fraction}; expected (0, 1]"
             )
-        if not self.gram_noise_scale > 0:
-            raise ValueError(f"algorithm.gram_noise_scale={self.gram_noise_scale}; expected > 0")
+        for name in ("gram_noise_scale", "count_noise_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"algorithm.{name}={getattr(self, name)}; expected > 0")
 
     def als_spec(self) -> AlsSpec:
         return AlsSpec(

@@ -25,8 +25,8 @@ from fedrec.registry import Registry
 class SyntheticShape:
     """Size and structure of a generated log. ``mean_interactions`` is per user.
 
-    The last three fields default to the original generator (the ``ml-100k`` and ``small``
-    presets' logs are unchanged by them):
+    The last four fields default to the original generator (the ``ml-100k`` and ``small``
+    presets' logs are unchanged by them, for every seed):
 
     - ``median_interactions``: when set, activity is a log-normal truncated below at
       ``min_interactions`` (redrawn, as MovieLens kept only users with >= 20 ratings) and capped
@@ -40,6 +40,9 @@ class SyntheticShape:
     - ``random_order``: each user's items get their timestamps in a random order. Off: in the
       order of selection, which gives the latest timestamp (the leave-one-out test item) to the
       user's least-wanted pick, an artefact kept only so old logs stay bit for bit the same.
+    - ``cover_all_items``: an item no user drew is given to the user whose draw wanted it most
+      (so the log has all ``num_items`` items, as ML-1M has a rating for each of its 3,706).
+      Off: such an item is simply absent (the log then has fewer items than the shape).
     """
 
     num_users: int
@@ -54,6 +57,7 @@ class SyntheticShape:
     median_interactions: float | None = None
     popularity_curve: tuple[tuple[float, float], ...] | None = None
     random_order: bool = False
+    cover_all_items: bool = False
 
     def __post_init__(self) -> None:
         if self.num_users < 1 or self.num_items < 2:
@@ -90,17 +94,18 @@ SHAPES: Registry[SyntheticShape] = Registry("synthetic preset")
 #   (dim 64, reg 3, unobserved weight 0.3, 6 sweeps) reaches ~1.8x the exact most-popular
 #   ranking's full-ranking NDCG@10 (~0.04), as a fitted MF reaches ~1.8x popularity on real
 #   MovieLens; 1.3 gave 2.5x, 1.0 about 1.3x (the default 1.5 with this curve: 2.6x).
-# - random_order: ML-1M's latest rating is not its user's least-wanted pick.
+# - random_order: ML-1M's latest rating is not its user's least-wanted pick; cover_all_items:
+#   the far tail leaves some items undrawn, and ML-1M counts only rated items.
 SHAPES.register("ml-1m")(
     SyntheticShape(
         6040,
         3706,
         1_000_209 / 6040,
-        taste_strength=1.1,
+        taste_strength=1.05,
         median_interactions=96,
         popularity_curve=(
-            (0.5 / 3706, 4.50),  # the most popular item: 3,428 ratings
-            (9.5 / 3706, 3.82),  # the 10th: 2,578
+            (0.5 / 3706, 4.40),  # the most popular item: 3,428 ratings
+            (9.5 / 3706, 3.76),  # the 10th: 2,578
             (0.25, 0.58),  # the upper quartile: 350
             (0.5, -0.71),  # the median: 123.5
             (0.75, -2.23),  # the lower quartile: 33
@@ -108,6 +113,7 @@ SHAPES.register("ml-1m")(
             (1 - 0.5 / 3706, -6.32),  # the least popular item (ML-1M's minimum count is 1)
         ),
         random_order=True,
+        cover_all_items=True,
     )
 )
 # MovieLens-100K: 943 users, 1,682 items, 100,000 ratings.
@@ -170,11 +176,10 @@ def generate(shape: SyntheticShape | str, *, seed: int = 0) -> InteractionLog:
             timestamps.append(
                 np.sort(first_day + rng.uniform(0, span, size=count)).astype(np.int64)
             )
-    # Every item is in the log, as each of ML-1M's 3,706 items has a rating: an item nobody drew
-    # goes to the user whose draw wanted it most, at a time inside that user's span. (No draws
-    # happen when every item was drawn, so such logs are as before.)
+    # Every item in the log, as each of ML-1M's 3,706 items has a rating: an item nobody drew
+    # goes to the user whose draw wanted it most, at a time inside that user's span.
     unseen = np.setdiff1d(np.arange(n_items), np.concatenate(items))
-    if len(unseen):
+    if shape.cover_all_items and len(unseen):
         owners = best_user[unseen]
         first_seen = np.array([timestamps[u][0] for u in owners])
         last_seen = np.array([timestamps[u][-1] for u in owners])

@@ -130,6 +130,7 @@ def als_server_plan(
             target_epsilon=privacy.user_target_epsilon,
             gram_noise_scale=algorithm.gram_noise_scale,
             item_grams=algorithm.item_grams,
+            count_noise_scale=algorithm.count_noise_scale,
         )
         logger.info(
             "DP-ALS: noise multiplier %.4g (Γ=%g, B=%d); user-level ε %.4g after %d rounds (δ=%g)",

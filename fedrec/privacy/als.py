@@ -20,12 +20,12 @@ all ``A_j = Σ u uᵀ``   √B · Γ²          ``z · √B · Γ²``           
 all ``b_j = Σ u``      √B · Γ           ``z · √B · Γ``                z
 ====================  ===============  ============================  =====================
 
-plus, once, the item counts ``n_j`` (sensitivity √B, std ``z·√B``) that choose the frequent items
-the model trains (the others are ranked by that private popularity). Noise is i.i.d. on every
-entry (the d×d matrices are then symmetrised and projected to PSD: post-processing). Every user
-is counted in every round (sampling rate 1: no amplification is claimed, so the guarantee holds
-whoever was sampled or dropped out). RDP composes the releases exactly; ε is Opacus' RDP
-accountant's over that history, and a target ε solves z.
+plus, once, the item counts ``n_j`` (sensitivity √B, std ``count_noise_scale·z·√B``) that choose
+the frequent items the model trains (the others are ranked by that private popularity). Noise is
+i.i.d. on every entry (the d×d matrices are then symmetrised and projected to PSD:
+post-processing). Every user is counted in every round (sampling rate 1: no amplification is
+claimed, so the guarantee holds whoever was sampled or dropped out). RDP composes the releases
+exactly; ε is Opacus' RDP accountant's over that history, and a target ε solves z.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class AlsPrivacyPlan:
     gram_noise_scale: float = 4.0  # G is a sum over every user: a larger multiplier costs little
     count_release: bool = True
     item_grams: bool = True  # False: the A_j are not released (the server uses n_j · G / N)
+    count_noise_scale: float = 1.0  # the one count release's multiplier, relative to z
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0 or self.max_items < 1:
@@ -58,8 +59,10 @@ class AlsPrivacyPlan:
                 "DP-ALS needs als.clip_norm > 0 and als.max_items >= 1 (they bound one user's "
                 f"contribution); got clip_norm={self.clip_norm}, max_items={self.max_items}"
             )
-        if not self.noise_multiplier > 0 or not self.gram_noise_scale > 0:
-            raise ValueError("DP-ALS needs a noise multiplier > 0 and gram_noise_scale > 0")
+        if not min(self.noise_multiplier, self.gram_noise_scale, self.count_noise_scale) > 0:
+            raise ValueError(
+                "DP-ALS needs a noise multiplier, gram_noise_scale and count_noise_scale > 0"
+            )
         if not 0 < self.delta < 1:
             raise ValueError(f"delta={self.delta}; expected 0 < delta < 1")
 
@@ -71,7 +74,7 @@ class AlsPrivacyPlan:
             "gram": self.gram_noise_scale * z * clip**2,
             "lhs": z * root_b * clip**2,
             "rhs": z * root_b * clip,
-            "counts": z * root_b,
+            "counts": self.count_noise_scale * z * root_b,
         }
 
     def history(self, releases: int, count_releases: int) -> list[PrivacyStep]:
@@ -80,7 +83,7 @@ class AlsPrivacyPlan:
         z = self.noise_multiplier
         per_item = 2 if self.item_grams else 1  # (A_j and) b_j
         steps = [(self.gram_noise_scale * z, 1.0, releases), (z, 1.0, per_item * releases)]
-        steps.append((z, 1.0, count_releases))
+        steps.append((self.count_noise_scale * z, 1.0, count_releases))
         return [step for step in steps if step[2] > 0]
 
     def epsilon_after(self, releases: int, count_releases: int) -> float:
@@ -90,12 +93,17 @@ class AlsPrivacyPlan:
 
 
 def mechanisms_per_unit(
-    rounds: int, gram_noise_scale: float, count_release: bool, item_grams: bool = True
+    rounds: int,
+    gram_noise_scale: float,
+    count_release: bool,
+    item_grams: bool = True,
+    count_noise_scale: float = 1.0,
 ) -> float:
     """Σ 1/multiplier² of a whole run in units of 1/z²: the run is as private as one Gaussian
     mechanism of multiplier z/√(this), which is how a target ε solves z."""
     per_item = 2 if item_grams else 1
-    return rounds * (per_item + 1 / gram_noise_scale**2) + (1 if count_release else 0)
+    counts = 1 / count_noise_scale**2 if count_release else 0.0
+    return rounds * (per_item + 1 / gram_noise_scale**2) + counts
 
 
 def plan_dp_als(
@@ -109,13 +117,16 @@ def plan_dp_als(
     gram_noise_scale: float = 4.0,
     count_release: bool = True,
     item_grams: bool = True,
+    count_noise_scale: float = 1.0,
 ) -> AlsPrivacyPlan:
     """The plan of a run: ``noise_multiplier`` as given, or the smallest one that keeps the
     whole run within ``target_epsilon`` (solved on the run's exact RDP composition)."""
     if target_epsilon is not None:
         from fedrec.privacy.accounting import solve_noise_multiplier
 
-        units = mechanisms_per_unit(rounds, gram_noise_scale, count_release, item_grams)
+        units = mechanisms_per_unit(
+            rounds, gram_noise_scale, count_release, item_grams, count_noise_scale
+        )
         single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1)
         noise_multiplier = single * math.sqrt(units)
     if noise_multiplier is None:
@@ -128,6 +139,7 @@ def plan_dp_als(
         gram_noise_scale,
         count_release,
         item_grams,
+        count_noise_scale,
     )
     if target_epsilon is not None:
         spent = plan.epsilon_after(rounds, int(count_release))
