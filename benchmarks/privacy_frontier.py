@@ -45,7 +45,12 @@ from fedrec.config import compose  # noqa: E402
 from fedrec.config.algorithm import AlgorithmSpec  # noqa: E402
 from fedrec.data import Split, load_split  # noqa: E402
 from fedrec.eval import EvalSpec  # noqa: E402
-from fedrec.jobs.tune import TUNABLE, candidates, run_als_in_process, validation_split  # noqa: E402
+from fedrec.jobs.tune import (  # noqa: E402
+    candidates,
+    run_candidate,
+    score_on_validation,
+    validation_split,
+)
 from fedrec.privacy import PrivacySpec  # noqa: E402
 
 METRIC = "ndcg@10"
@@ -72,38 +77,28 @@ def centralized_mf(dataset: str, seed: int) -> dict[str, float]:
 
 
 def choose_on_validation(
-    validation: Split, grid: dict, base: AlgorithmSpec, *, privacy: PrivacySpec, rounds: list[int]
+    validation: Split, grid: dict, base: AlgorithmSpec, *, privacy: PrivacySpec, rounds: int
 ) -> tuple[dict, float]:
-    """The grid point (and round count) with the best validation NDCG@10."""
-    best, best_score = {}, -1.0
-    for settings in candidates(base, ALS_DIM, grid):
-        for count in rounds:
-            algorithm = AlgorithmSpec(name="als", **{f: settings[f] for f in TUNABLE})
-            scores, _ = run_als_in_process(
-                validation,
-                algorithm,
-                embedding_dim=int(settings["embedding_dim"]),
-                rounds=count,
-                privacy=privacy,
-                metrics=(METRIC,),
-            )
-            if scores[METRIC] > best_score:
-                best, best_score = {**settings, "rounds": count}, scores[METRIC]
-    return best, best_score
+    """The grid point with the best validation NDCG@10 (``fedrec tune``'s procedure)."""
+    rows = score_on_validation(
+        validation,
+        base,
+        candidates(base, ALS_DIM, grid),
+        rounds=rounds,
+        privacy=privacy,
+        seed=0,
+        metric=METRIC,
+    )
+    best = max(rows, key=lambda row: row[f"validation_{METRIC}"])
+    return {**best, "rounds": rounds}, best[f"validation_{METRIC}"]
 
 
 def als_on_test(split: Split, chosen: dict, privacy: PrivacySpec, seed: int) -> dict[str, float]:
-    algorithm = AlgorithmSpec(name="als", **{f: chosen[f] for f in TUNABLE})
-    scores, _ = run_als_in_process(
-        split,
-        algorithm,
-        embedding_dim=int(chosen["embedding_dim"]),
-        rounds=int(chosen["rounds"]),
-        privacy=privacy,
-        seed=seed,
-        metrics=METRICS,
+    base = AlgorithmSpec(name="als")
+    rounds = int(chosen["rounds"])
+    return run_candidate(
+        split, base, chosen, rounds=rounds, privacy=privacy, seed=seed, metrics=METRICS
     )
-    return scores
 
 
 def dp_sgd_mf(dataset: str, eps: float, seed: int) -> dict[str, float]:
@@ -168,7 +163,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
     if args.quick:
         grid = {"reg": [3.0, 10.0], "unobserved_weight": [0.3]}
     chosen, score = choose_on_validation(
-        validation, grid, base, privacy=PrivacySpec(), rounds=[ALS_ROUNDS]
+        validation, grid, base, privacy=PrivacySpec(), rounds=ALS_ROUNDS
     )
     note = (
         f"chosen on validation ({score:.4f}): reg {chosen['reg']}, α₀ {chosen['unobserved_weight']}"
@@ -199,7 +194,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
         dp_grid["frequent_fraction"] = [0.05]
         if dataset != "ml100k":  # 6,040 users: a validation run costs ~10x ML-100K's
             dp_grid["embedding_dim"] = [16]
-    dp_rounds = [2]
+    dp_rounds = 2
     for eps in args.epsilons:
         privacy = PrivacySpec(mode="user", user_target_epsilon=eps, delta=DELTA)
         started = time.perf_counter()

@@ -35,7 +35,7 @@ from fedrec.federation.server_step import StrategySpec
 from fedrec.privacy.als import AlsPrivacyPlan, add_noise
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
-from fedrec.training.als.solve import project_psd, solve_items
+from fedrec.training.als.solve import project_psd, solve_items, symmetrize
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
 
 logger = logging.getLogger("fedrec.server")
@@ -117,13 +117,14 @@ class AlsRule(ServerRule):
             )
             return None
         num_items, dim = current[EMBEDDING].shape
-        lhs, rhs, counts, gram = _dense_sums(accepted, num_items, dim)
+        lhs, rhs, counts, gram = _dense_sums(
+            accepted, num_items, dim, item_grams=self.plan.item_grams
+        )
         if private is not None:
             count_release = self.step.counts is None and private.count_release  # type: ignore[attr-defined]
             epsilon = private.epsilon_after(self.releases + 1, self._count_releases(count_release))
             lhs, rhs, noisy_counts, gram = noisy_sums(private, lhs, rhs, counts, gram, self.rng)
             gram = project_psd(gram)
-            lhs = project_psd(lhs) if private.item_grams else lhs
             if count_release:
                 self.step.counts = noisy_counts  # type: ignore[attr-defined]
             self.releases += 1
@@ -137,15 +138,15 @@ class AlsRule(ServerRule):
                 epsilon,
                 private.delta,
             )
-        else:
-            if self.plan.item_grams:  # a no-op for honest sums; a crafted one cannot go indefinite
-                lhs = project_psd(lhs)
-            if self.step.counts is None:  # type: ignore[attr-defined]
-                self.step.counts = counts  # type: ignore[attr-defined]
+        elif self.step.counts is None:  # type: ignore[attr-defined]
+            self.step.counts = counts  # type: ignore[attr-defined]
         popularity = self.step.counts  # type: ignore[attr-defined]
         if popularity is None:  # DP-ALS without a count release trains every item
             popularity = np.zeros(num_items)
-        if not self.plan.item_grams:  # each item's users taken as a draw of average users
+        if self.plan.item_grams:
+            # noisy sums: post-processing; honest ones: a no-op; a crafted one cannot go indefinite
+            lhs = project_psd(lhs)
+        else:  # each item's users taken as a draw of average users
             per_user = gram / max(record.sampled, 1)  # N: the users asked, fixed by the plan
             seen = counts if private is None else popularity
             lhs = np.maximum(seen, 0)[:, None, None] * per_user[None]
@@ -180,25 +181,22 @@ class AlsRule(ServerRule):
 
 def noisy_sums(
     private: AlsPrivacyPlan,
-    lhs: np.ndarray,
+    lhs: np.ndarray | None,
     rhs: np.ndarray,
     counts: np.ndarray,
     gram: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
     """One DP-ALS release: i.i.d. Gaussian noise of ``private.stds`` on every entry of the dense
-    sums (before symmetrising and the PSD projection, which are post-processing)."""
+    sums (then symmetrised; the PSD projection follows: both post-processing). The per-item
+    Grams are released only with ``private.item_grams``."""
     stds = private.stds
     return (
-        _symmetric(add_noise(lhs, stds["lhs"], rng)) if private.item_grams else lhs,
+        symmetrize(add_noise(lhs, stds["lhs"], rng)) if private.item_grams else lhs,
         add_noise(rhs, stds["rhs"], rng),
         add_noise(counts, stds["counts"], rng),
-        _symmetric(add_noise(gram, stds["gram"], rng)),
+        symmetrize(add_noise(gram, stds["gram"], rng)),
     )
-
-
-def _symmetric(stack: np.ndarray) -> np.ndarray:
-    return (stack + np.swapaxes(stack, -1, -2)) / 2
 
 
 def statistics_rejection(
@@ -265,9 +263,11 @@ def _plausibly_psd(stack: np.ndarray, tolerance: float) -> bool:
 
 
 def _dense_sums(
-    accepted: Sequence[NodeReply], num_items: int, dim: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    lhs = np.zeros((num_items, dim, dim))
+    accepted: Sequence[NodeReply], num_items: int, dim: int, *, item_grams: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """The accepted statistics summed densely; the per-item Grams (items × d² values) only when
+    the server uses them (``item_grams``)."""
+    lhs = np.zeros((num_items, dim, dim)) if item_grams else None
     rhs = np.zeros((num_items, dim))
     counts = np.zeros(num_items)
     gram = np.zeros((dim, dim))
@@ -275,7 +275,8 @@ def _dense_sums(
         arrays = reply.arrays
         assert arrays is not None
         items = np.asarray(arrays[ITEMS]).astype(np.int64)
-        lhs[items] += arrays[LHS]
+        if lhs is not None:
+            lhs[items] += arrays[LHS]
         rhs[items] += arrays[RHS]
         counts[items] += arrays[COUNTS]
         gram += arrays[GRAM]

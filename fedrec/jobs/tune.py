@@ -154,6 +154,61 @@ def candidates(base: AlgorithmSpec, dim: int, grid: dict[str, list[Any]]) -> lis
     return out
 
 
+def run_candidate(
+    split: Split,
+    base: AlgorithmSpec,
+    settings: dict,
+    *,
+    rounds: int,
+    privacy: PrivacySpec,
+    seed: int,
+    metrics: tuple[str, ...] = ("ndcg@10", "recall@20", "hr@10"),
+) -> dict[str, float]:
+    """One candidate (a row of :func:`candidates`) trained on ``split``: its evaluation."""
+    scores, _ = run_als_in_process(
+        split,
+        AlgorithmSpec(name=base.name, **{f: settings[f] for f in TUNABLE}),
+        embedding_dim=int(settings["embedding_dim"]),
+        rounds=rounds,
+        privacy=privacy,
+        seed=seed,
+        metrics=metrics,
+    )
+    return scores
+
+
+def score_on_validation(
+    validation: Split,
+    base: AlgorithmSpec,
+    grid: list[dict],
+    *,
+    rounds: int,
+    privacy: PrivacySpec,
+    seed: int,
+    metric: str,
+) -> list[dict]:
+    """Every candidate's validation ``metric``, as rows ``{**settings, "validation_<metric>"}``."""
+    rows = []
+    for number, settings in enumerate(grid, 1):
+        start = time.perf_counter()
+        scores = run_candidate(
+            validation, base, settings, rounds=rounds, privacy=privacy, seed=seed, metrics=(metric,)
+        )
+        if metric not in scores:
+            raise ValueError(f"tune.metric='{metric}' is not a full-ranking metric")
+        rows.append({**settings, f"validation_{metric}": scores[metric]})
+        logger.info(
+            "candidate %d/%d %s: validation %s %.4f (%.1f s)",
+            number,
+            len(grid),
+            settings,
+            metric,
+            scores[metric],
+            time.perf_counter() - start,
+        )
+    return rows
+
+
 def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
     """Score every candidate on the validation split, train the best on the full training log,
     score it on the test split; write ``tune.json`` and ``best.yaml``."""
@@ -174,36 +229,20 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
         len(validation.test_users),
         len(validation.test),
     )
-    rows = []
-    for number, settings in enumerate(grid, 1):
-        start = time.perf_counter()
-        algorithm, dim = _algorithm_of(cfg.algorithm, settings)
-        scores, _ = run_als_in_process(
-            validation,
-            algorithm,
-            embedding_dim=dim,
-            rounds=cfg.rounds,
-            privacy=cfg.privacy,
-            seed=cfg.seed,
-            metrics=(cfg.metric,),
-        )
-        if cfg.metric not in scores:
-            raise ValueError(f"tune.metric='{cfg.metric}' is not a full-ranking metric")
-        rows.append({**settings, f"validation_{cfg.metric}": scores[cfg.metric]})
-        logger.info(
-            "candidate %d/%d %s: validation %s %.4f (%.1f s)",
-            number,
-            len(grid),
-            settings,
-            cfg.metric,
-            scores[cfg.metric],
-            time.perf_counter() - start,
-        )
-    best = max(rows, key=lambda row: row[f"validation_{cfg.metric}"])
-    algorithm, dim = _algorithm_of(cfg.algorithm, best)
-    test_scores, _ = run_als_in_process(
-        split, algorithm, embedding_dim=dim, rounds=cfg.rounds, privacy=cfg.privacy, seed=cfg.seed
+    rows = score_on_validation(
+        validation,
+        cfg.algorithm,
+        grid,
+        rounds=cfg.rounds,
+        privacy=cfg.privacy,
+        seed=cfg.seed,
+        metric=cfg.metric,
     )
+    best = max(rows, key=lambda row: row[f"validation_{cfg.metric}"])
+    test_scores = run_candidate(
+        split, cfg.algorithm, best, rounds=cfg.rounds, privacy=cfg.privacy, seed=cfg.seed
+    )
+    dim = int(best["embedding_dim"])
     chosen = {f: best[f] for f in (*TUNABLE, "embedding_dim")}
     logger.info(
         "best on validation: %s; on the test split (chose nothing): %s",
@@ -229,10 +268,3 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
     lines += [f"{f}: {best[f]}" for f in TUNABLE]
     (run_dir / "best.yaml").write_text("\n".join(lines) + f"\n# model.embedding_dim: {dim}\n")
     return {f"validation_{cfg.metric}": best[f"validation_{cfg.metric}"], **test_scores}
-
-
-def _algorithm_of(base: AlgorithmSpec, settings: dict) -> tuple[AlgorithmSpec, int]:
-    return (
-        AlgorithmSpec(name=base.name, **{f: settings[f] for f in TUNABLE}),
-        int(settings["embedding_dim"]),
-    )

@@ -78,9 +78,13 @@ def solve_items(
     return table
 
 
+def symmetrize(matrices: np.ndarray) -> np.ndarray:
+    """``(M + Mᵀ) / 2`` for one [d, d] matrix or a stack."""
+    return (matrices + np.swapaxes(matrices, -1, -2)) / 2
+
+
 def project_psd(matrices: np.ndarray) -> np.ndarray:
     """The nearest positive semi-definite matrix to each of ``matrices`` (one [d, d] or a stack):
     symmetrise, then clip negative eigenvalues to 0. Post-processing of a noisy release."""
-    symmetric = (matrices + np.swapaxes(matrices, -1, -2)) / 2
-    values, vectors = np.linalg.eigh(symmetric)
+    values, vectors = np.linalg.eigh(symmetrize(matrices))
     return (vectors * np.maximum(values, 0)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
