@@ -55,6 +55,12 @@ class FederationSpec:
     results). ``trainer``: the local-training implementation
     (:data:`fedrec.training.trainers.TRAINERS`); ``auto`` is Opacus on per-user nodes and the
     stacked closed form (``cohort_chunk`` users at a time) on cohort nodes.
+
+    ``ray_address``: empty, the simulation starts its own Ray on this machine with ``ray_cpus``
+    cores; ``auto`` or ``host:port`` / ``ray://host:10001`` attaches to a running Ray cluster
+    (``ray start --head`` / ``ray start --address=...`` on each machine), whose nodes then host
+    the simulation's workers (one per ``client_cpus`` cores of every Ray node). The cluster
+    decides its own cores, so ``ray_cpus`` must stay 0 with it.
     """
 
     num_clients: int = 0
@@ -72,6 +78,7 @@ class FederationSpec:
     state_store: bool = True
     client_cpus: float = 1.0
     ray_cpus: int = 0  # 0: all cores
+    ray_address: str = ""  # "": a local Ray of our own; auto / host:port: an existing cluster
     engine: str = "per_user"
     trainer: str = "auto"
     cohort_nodes: int = 2
@@ -89,6 +96,14 @@ class FederationSpec:
             raise ValueError(f"federation.num_clients={self.num_clients}; expected >= 0")
         if self.cohort_nodes < 1 or self.cohort_chunk < 1:
             raise ValueError("federation.cohort_nodes and federation.cohort_chunk must be >= 1")
+        if self.ray_address and self.ray_cpus:
+            raise ValueError(
+                f"federation.ray_cpus={self.ray_cpus} with federation.ray_address="
+                f"'{self.ray_address}': a Ray cluster's cores are set by `ray start --num-cpus` "
+                "on each of its machines; leave ray_cpus at 0"
+            )
+        if self.client_cpus <= 0:
+            raise ValueError(f"federation.client_cpus={self.client_cpus}; expected > 0")
 
     @property
     def resolved_trainer(self) -> str:

@@ -18,6 +18,7 @@ Requests carry, beside the item arrays and the round config, a ``node`` record w
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +37,14 @@ from fedrec.protocol.replies import (
     encode_user_evaluation,
     encode_user_reply,
 )
-from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, RefusalReason
+from fedrec.protocol.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    WORKER_KEY,
+    RefusalReason,
+)
 
 NODE_KEY = "node"  # the request's users / the discovery answer
 logger = logging.getLogger("fedrec.client")
@@ -86,10 +94,24 @@ def _wire_array(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64) if values.dtype.kind in "iu" else values.astype(np.float32)
 
 
-def _reply(msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict) -> Message:
+def ray_worker_node() -> str | None:
+    """The id of the Ray node this simulated node runs on, or None outside Ray. Ray is looked
+    up, not imported: a deployed device's ClientApp never loads it."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def _reply(
+    msg: Message, arrays: dict[str, np.ndarray] | None, metrics: dict, *, simulated: bool = False
+) -> Message:
     records: dict[str, Any] = {METRICS_KEY: MetricRecord(metrics)}
     if arrays is not None:
         records[ARRAYS_KEY] = ArrayRecord({k: Array(_wire_array(v)) for k, v in arrays.items()})
+    worker = ray_worker_node() if simulated else None
+    if worker is not None:
+        records[WORKER_KEY] = ConfigRecord({"ray_node": worker})
     return Message(content=RecordDict(records), reply_to=msg)
 
 
@@ -161,10 +183,11 @@ def build_client_app(
         if len(block) == 1:  # the schema a deployed device sends: no user key
             outcome = reply.outcomes[0] if reply.outcomes else None
             if outcome is None:
-                return _reply(msg, None, {NUM_EXAMPLES: 0})
-            return _reply(msg, reply.arrays, encode_user_reply(outcome, reply.weight or 1.0))
+                return _reply(msg, None, {NUM_EXAMPLES: 0}, simulated=True)
+            metrics = encode_user_reply(outcome, reply.weight or 1.0)
+            return _reply(msg, reply.arrays, metrics, simulated=True)
         metrics = encode_block_reply(reply.outcomes, reply.weight, summed=reply.summed)
-        return _reply(msg, reply.arrays, metrics)
+        return _reply(msg, reply.arrays, metrics, simulated=True)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

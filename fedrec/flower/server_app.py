@@ -7,6 +7,7 @@ server rule, :class:`~fedrec.flower.transport.FlowerTransport` carries them to t
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -45,9 +46,11 @@ def run_federation(
     on_finish: FinishCallback | None = None,
     context: Context | None = None,
     secure_aggregation: SecureAggregationSpec | None = None,
+    workers: Counter[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Wait for ``nodes`` nodes, discover their users, run the rounds (through SecAgg+ when
-    ``secure_aggregation`` is given; it needs the ServerApp's ``context``)."""
+    ``secure_aggregation`` is given; it needs the ServerApp's ``context``). ``workers``, if
+    given, counts the training replies by the Ray node that computed them."""
     if secure_aggregation is not None and secure_aggregation.enabled:
         if context is None:
             raise ValueError("secure aggregation needs the ServerApp's context")
@@ -56,7 +59,7 @@ def run_federation(
             grid, context, secure_aggregation, nodes=nodes, timeout_s=timeout_s
         )
     else:
-        transport = FlowerTransport(grid, nodes=nodes, timeout_s=timeout_s)
+        transport = FlowerTransport(grid, nodes=nodes, timeout_s=timeout_s, workers=workers)
     final = run_rounds(transport, plan, initial, on_round=on_round)
     if on_finish is not None:
         on_finish(final)
@@ -72,6 +75,7 @@ def build_server_app(
     on_round: RoundCallback | None = None,
     on_finish: FinishCallback | None = None,
     secure_aggregation: SecureAggregationSpec | None = None,
+    workers: Counter[str] | None = None,
 ) -> ServerApp:
     app = ServerApp()
 
@@ -87,6 +91,7 @@ def build_server_app(
             on_finish=on_finish,
             context=context,
             secure_aggregation=secure_aggregation,
+            workers=workers,
         )
 
     return app

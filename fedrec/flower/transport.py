@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,7 @@ from fedrec.protocol.replies import (
     decode_user_evaluation,
     decode_user_reply,
 )
-from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RefusalReason
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WORKER_KEY, RefusalReason
 
 logger = logging.getLogger("fedrec.server")
 Arrays = dict[str, np.ndarray]
@@ -53,9 +53,18 @@ class FlowerTransport:
     """:class:`~fedrec.federation.loop.Transport` over a Flower Grid."""
 
     def __init__(
-        self, grid: Grid, *, nodes: int, timeout_s: float, connect_timeout_s: float = 600.0
+        self,
+        grid: Grid,
+        *,
+        nodes: int,
+        timeout_s: float,
+        connect_timeout_s: float = 600.0,
+        workers: Counter[str] | None = None,
     ) -> None:
+        """``workers``, if given, counts the training replies per Ray node that computed them
+        (simulation only: where a run on a Ray cluster did its work)."""
         self.grid, self.timeout_s = grid, timeout_s
+        self.workers = workers
         self.seats = self._discover(nodes, connect_timeout_s)
         self.population = len(self.seats)
 
@@ -160,6 +169,8 @@ class FlowerTransport:
                 continue
             one_user = self.seats[asked[0]].one_user
             decoded.append(decode_train_reply(node, asked_keys, reply.content, one_user=one_user))
+            if self.workers is not None and WORKER_KEY in reply.content.config_records:
+                self.workers[str(reply.content[WORKER_KEY].get("ray_node", "?"))] += 1
         if len(replies) < len(by_node):
             logger.warning(
                 "round %d: %d of %d nodes did not reply within %.0f s",
@@ -204,7 +215,7 @@ def decode_train_reply(
     """A node's training reply as the server rule reads it. A reply that is not what a fedrec
     node sends (other records, several array records, unreadable metrics) counts as rejected
     for every user asked; its arrays are then checked by the rule like any other."""
-    unexpected = set(content.keys()) - {ARRAYS_KEY, METRICS_KEY}
+    unexpected = set(content.keys()) - {ARRAYS_KEY, METRICS_KEY, WORKER_KEY}
     if unexpected or len(content.array_records) > 1:
         reason = f"a reply with unexpected records {sorted(unexpected or content.array_records)}"
         return NodeReply(node, [UserOutcome(key, "rejected") for key in asked_keys], error=reason)

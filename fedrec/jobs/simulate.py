@@ -15,14 +15,16 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedrec.config.algorithm import AlgorithmSpec
 from fedrec.config.rules import check_simulate
-from fedrec.config.simulate import SimulateJobConfig
+from fedrec.config.simulate import FederationSpec, SimulateJobConfig
 from fedrec.data import Split, load_split
 from fedrec.federation.als_rule import AlsServerPlan
 from fedrec.federation.checkpoint import CHECKPOINT_FILE, ServerCheckpoint, load_checkpoint
@@ -220,6 +222,23 @@ def _resume_point(cfg: SimulateJobConfig) -> tuple[SimulateJobConfig, Path, Serv
     return resumed, run_dir, load_checkpoint(checkpoint_path)
 
 
+def ray_init_args(fed: FederationSpec) -> dict[str, Any]:
+    """``ray.init``'s arguments for Flower's Ray backend: attach to the cluster at
+    ``federation.ray_address``, or start a local Ray bound to loopback with ``ray_cpus`` cores."""
+    if fed.ray_address:
+        # Ray refuses resource arguments when it joins a cluster: the cluster's nodes own them.
+        return {"address": fed.ray_address, "log_to_driver": True}
+    return {
+        # "local", not None: None would join whatever cluster RAY_ADDRESS or the last
+        # `ray start` on this machine points to, and then refuse num_cpus.
+        "address": "local",
+        "num_cpus": fed.ray_cpus or os.cpu_count() or 1,
+        "include_dashboard": False,
+        "_node_ip_address": "127.0.0.1",
+        "log_to_driver": True,
+    }
+
+
 def run_simulate(
     cfg: SimulateJobConfig, run_dir: str | Path, *, client_mods: Sequence = ()
 ) -> dict[str, float]:
@@ -268,6 +287,7 @@ def run_simulate(
         cfg.privacy.mode,
     )
     finished: dict[str, np.ndarray] = {}
+    workers: Counter[str] = Counter()  # replies per Ray node: where the work ran
     nodes = cfg.federation.nodes(len(source))
     server_app = build_server_app(
         plan,
@@ -277,6 +297,7 @@ def run_simulate(
         on_round=round_reporter(recorder, fed.rounds),
         on_finish=finished.update,
         secure_aggregation=secagg if secagg.enabled else None,
+        workers=workers,
     )
     if cfg.faults.injects_client_faults:  # outermost, so inner mods see a normal round
         injector = SecAggFaultInjector if secagg.enabled else FaultInjector
@@ -297,14 +318,11 @@ def run_simulate(
         num_supernodes=nodes,
         backend_config={
             "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": fed.ray_cpus or os.cpu_count() or 1,
-                "include_dashboard": False,
-                "_node_ip_address": "127.0.0.1",
-                "log_to_driver": True,
-            },
+            "init_args": ray_init_args(fed),
         },
     )
+    if workers:
+        logger.info("replies by worker: %s", ", ".join(f"{k}: {n}" for k, n in workers.items()))
     if not finished:
         raise RuntimeError("the federation did not finish; see the log above for the error")
     np.savez_compressed(run_dir / "item_table.npz", **finished)
@@ -316,4 +334,5 @@ def run_simulate(
         num_clients=len(source),
         resumed_after=None if checkpoint is None else checkpoint.server_round,
         wall_s=time.perf_counter() - started,
+        workers=dict(workers),
     )

@@ -45,8 +45,10 @@ def simulate_summary(
     num_clients: int,
     resumed_after: int | None,
     wall_s: float,
+    workers: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """Write ``summary.json`` and the metrics plot; return the final metrics."""
+    """Write ``summary.json`` and the metrics plot; return the final metrics. ``workers``: the
+    training replies per Ray node that computed them (where the run did its work)."""
     rows = recorder.rows
     last = rows[-1] if rows else {}
     dp_als = plan.als is not None and plan.als.privacy is not None
@@ -145,6 +147,10 @@ def simulate_summary(
             ),
             "wall_time_s": wall_s,
             "seconds_per_round": [row["seconds"] for row in rows],
+            "ray": {
+                "address": cfg.federation.ray_address or "local",
+                "train_replies_by_node": dict(workers or {}),
+            },
         }
     )
     return final

@@ -15,6 +15,9 @@ from enum import IntEnum
 ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
+# Simulation only: a ConfigRecord naming the Ray node that computed a block's reply, so that a
+# run on a Ray cluster can say where its work ran. Deployed devices never send it.
+WORKER_KEY = "worker"
 NUM_EXAMPLES = "num-examples"  # the weight key Flower's strategies average by
 BUDGET_EXHAUSTED = "budget_exhausted"  # a train reply without arrays: the user's ε is spent
 # Train replies without arrays in which the user declines the round: no consent, or nothing
