@@ -125,6 +125,10 @@ SHAPES.register("ml-1m")(
 )
 # MovieLens-100K: 943 users, 1,682 items, 100,000 ratings.
 SHAPES.register("ml-100k")(SyntheticShape(943, 1682, 100_000 / 943))
+# MovieLens-20M's size (138,493 users, 26,744 rated items, 20,000,263 ratings; every user >= 20):
+# the scale benchmark's federation. Only the size is ML-20M's; the shape (Zipf popularity,
+# log-normal activity) is the original generator's, not calibrated like ml-1m.
+SHAPES.register("ml-20m")(SyntheticShape(138_493, 26_744, 20_000_263 / 138_493))
 # The embedded default: small enough for a laptop demo in a minute, shaped like the real ones.
 SHAPES.register("small")(SyntheticShape(200, 400, 40, min_interactions=10, num_taste_clusters=8))
 
@@ -170,7 +174,9 @@ def generate(shape: SyntheticShape | str, *, seed: int = 0) -> InteractionLog:
         best_key[better], best_user[better] = top_key[better], lo + top[better]
         for row, user in enumerate(range(lo, hi)):
             count = int(activity[user])
-            chosen = np.argpartition(-keys[row], count - 1)[:count]
+            # A copy: the slice would keep the whole catalogue-sized argpartition alive per
+            # user (30 GB at ML-20M's size).
+            chosen = np.argpartition(-keys[row], count - 1)[:count].copy()
             if shape.random_order:
                 chosen = rng.permutation(chosen)
             users.append(np.full(count, user, dtype=np.int64))
