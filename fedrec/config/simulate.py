@@ -18,7 +18,7 @@ from fedrec.protocol.settings import LocalTrainingSpec
 from fedrec.registry import Registry
 
 WEIGHTINGS = ("uniform", "examples")
-TRAINERS = ("auto", "opacus", "closed_form")
+TRAINERS = ("auto", "opacus", "closed_form", "sparse")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ ENGINES: Registry[Engine] = Registry("federation.engine")
 # One node per user: the deployment's shape, one Opacus engine per user.
 ENGINES.register("per_user")(Engine(lambda fed, users: users, "opacus"))
 # cohort_nodes nodes, each a block of users trained stacked in closed form.
-ENGINES.register("cohort")(Engine(lambda fed, users: min(fed.cohort_nodes, users), "closed_form"))
+ENGINES.register("cohort")(Engine(lambda fed, users: min(fed.cohort_nodes, users), "sparse"))
 
 
 @dataclass
@@ -53,8 +53,11 @@ class FederationSpec:
     ``engine``: ``per_user`` (one Flower node per user, the deployment's shape) or ``cohort``
     (``cohort_nodes`` nodes, each playing a block of users; the same per-user DP-SGD and the same
     results). ``trainer``: the local-training implementation
-    (:data:`fedrec.training.trainers.TRAINERS`); ``auto`` is Opacus on per-user nodes and the
-    stacked closed form (``cohort_chunk`` users at a time) on cohort nodes.
+    (:data:`fedrec.training.trainers.TRAINERS`); ``auto`` is Opacus on per-user nodes and, on
+    cohort nodes, the stacked closed form on the rows each user touches (``sparse``: the same
+    numbers without DP, the same distribution with DP-SGD and SGD; DP-SGD with Adam runs the
+    dense ``closed_form``, the per-step reference). ``cohort_chunk`` users are stacked at a time;
+    0 sizes each chunk from the memory available.
 
     ``ray_address``: empty, the simulation starts its own Ray on this machine with ``ray_cpus``
     cores; ``auto`` or ``host:port`` / ``ray://host:10001`` attaches to a running Ray cluster
@@ -82,7 +85,7 @@ class FederationSpec:
     engine: str = "per_user"
     trainer: str = "auto"
     cohort_nodes: int = 2
-    cohort_chunk: int = 256
+    cohort_chunk: int = 0  # users stacked at a time; 0: as many as the memory holds
 
     def __post_init__(self) -> None:
         ENGINES.get(self.engine)
@@ -94,8 +97,11 @@ class FederationSpec:
                 raise ValueError(f"federation.{name}='{value}'; accepted: {', '.join(accepted)}")
         if self.num_clients < 0:
             raise ValueError(f"federation.num_clients={self.num_clients}; expected >= 0")
-        if self.cohort_nodes < 1 or self.cohort_chunk < 1:
-            raise ValueError("federation.cohort_nodes and federation.cohort_chunk must be >= 1")
+        if self.cohort_nodes < 1 or self.cohort_chunk < 0:
+            raise ValueError(
+                "federation.cohort_nodes must be >= 1 and federation.cohort_chunk >= 0 "
+                "(0: from the memory available)"
+            )
         if self.ray_address and self.ray_cpus:
             raise ValueError(
                 f"federation.ray_cpus={self.ray_cpus} with federation.ray_address="

@@ -35,7 +35,7 @@ class InProcessTransport:
         *,
         states: dict[int, DeviceState] | None = None,
         trainer: str = "closed_form",
-        chunk_size: int = 256,
+        chunk_size: int = 0,
         before_train: BeforeTrain | None = None,
         poison: Poisoner | None = None,
         split_replies: bool = True,

@@ -121,7 +121,7 @@ def build_client_app(
     mods: Sequence = (),
     state_store: str | None = None,
     trainer: str | Callable[[Context], str] = "closed_form",
-    chunk_size: int = 256,
+    chunk_size: int = 0,
     secure_aggregation: bool = False,
 ) -> ClientApp:
     """The ClientApp of every fedrec node. ``source``: the split's users (or a function of the

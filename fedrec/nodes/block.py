@@ -98,7 +98,7 @@ class BlockNode:
     source: UserSource
     keeper: StateKeeper
     trainer: str = "closed_form"
-    chunk_size: int = 256
+    chunk_size: int = 0
 
     def local_data(self, positions: Sequence[int]) -> list[tuple[int, LocalData]]:
         """(seed key, data) of each asked user; the key is the user's id in the split."""
@@ -161,7 +161,8 @@ class BlockNode:
                 keep_updates=split_replies,
             )
         else:
-            options = {"chunk_size": self.chunk_size} if self.trainer == "closed_form" else {}
+            stacked = self.trainer in ("closed_form", "sparse")
+            options = {"chunk_size": self.chunk_size} if stacked else {}
             result = TRAINERS.get(self.trainer)(
                 arrays,
                 members,

@@ -54,11 +54,16 @@ def clip_update(update: Update, clip_norm: float) -> dict[str, np.ndarray]:
     The scale is shrunk by a relative 1e-6 so that float32 rounding of the scaled arrays cannot
     push the norm above ``clip_norm``: the bound is what the noise is calibrated to.
     """
+    scale = clip_scale(update, clip_norm)
+    return {name: (np.asarray(v) * scale).astype(np.asarray(v).dtype) for name, v in update.items()}
+
+
+def clip_scale(update: Update, clip_norm: float) -> float:
+    """The factor :func:`clip_update` multiplies ``update`` by."""
     if not clip_norm > 0:
         raise ValueError(f"clip_norm={clip_norm}; expected > 0")
     norm = update_norm(update)
-    scale = 1.0 if norm <= clip_norm else clip_norm / norm * (1 - 1e-6)
-    return {name: (np.asarray(v) * scale).astype(np.asarray(v).dtype) for name, v in update.items()}
+    return 1.0 if norm <= clip_norm else clip_norm / norm * (1 - 1e-6)
 
 
 def clipped_sum(

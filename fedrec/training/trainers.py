@@ -7,7 +7,10 @@ before release) has two implementations that compute the same numbers:
   engine, user by user (the reference);
 - ``closed_form``: :func:`fedrec.training.closed_form.engine.train_cohort`, the same round for a
   whole block of users with MF's per-example gradients in closed form (no Opacus engine, hooks
-  or per-sample buffers), stacked for speed.
+  or per-sample buffers), stacked for speed;
+- ``sparse``: :func:`fedrec.training.closed_form.sparse.train_cohort_sparse`, the closed form on
+  only the item rows each user touches (memory per user ∝ their rows, not the catalogue); the
+  same numbers without DP, the same distribution with DP-SGD and SGD (lazy noise).
 
 Every caller goes through :class:`LocalTrainer`: a simulation node with one user or a block of
 them, the in-process federations (audit, poisoning, tuning), and the embedded
@@ -149,7 +152,7 @@ def closed_form_trainer(
     server_round: int = 0,
     weights: Sequence[float] | None = None,
     keep_updates: bool = False,
-    chunk_size: int = 256,
+    chunk_size: int = 0,
 ) -> CohortRound:
     """The block's rounds stacked (:func:`train_cohort`). An optimizer the closed form does not
     implement (``adagrad``) runs on the Opacus trainer instead, with a warning: same numbers,
@@ -186,6 +189,46 @@ def closed_form_trainer(
         chunk_size=chunk_size,
         keep_updates=keep_updates,
     )
+
+
+@TRAINERS.register("sparse")
+def sparse_trainer(
+    item_arrays: dict[str, np.ndarray],
+    members: Sequence[CohortMember],
+    *,
+    model_spec: ModelSpec,
+    training: LocalTrainingSpec,
+    privacy: PrivacySpec,
+    explicit: bool,
+    server_round: int = 0,
+    weights: Sequence[float] | None = None,
+    keep_updates: bool = False,
+    chunk_size: int = 0,
+) -> CohortRound:
+    """The block's rounds stacked on the rows each user touches
+    (:func:`~fedrec.training.closed_form.sparse.train_cohort_sparse`): the closed form's numbers
+    without DP, its distribution with DP-SGD and SGD (lazy noise). DP-SGD with Adam, which has
+    no lazy form, and ``adagrad`` run on the closed-form trainer (which hands ``adagrad`` on to
+    Opacus)."""
+    from fedrec.training.closed_form.engine import FAST_OPTIMIZERS
+    from fedrec.training.closed_form.sparse import train_cohort_sparse
+
+    options = dict(
+        model_spec=model_spec,
+        training=training,
+        privacy=privacy,
+        explicit=explicit,
+        server_round=server_round,
+        weights=weights,
+        keep_updates=keep_updates,
+        chunk_size=chunk_size,
+    )
+    if training.optimizer not in FAST_OPTIMIZERS or (
+        privacy.record_level and training.optimizer != "sgd"
+    ):
+        return closed_form_trainer(item_arrays, members, **options)
+    options["weights"] = _weights(weights, members)
+    return train_cohort_sparse(item_arrays, list(members), **options)
 
 
 def _weights(weights: Sequence[float] | None, members: Sequence[CohortMember]) -> list[float]:

@@ -30,6 +30,7 @@ from fedrec.privacy.spec import PrivacySpec
 from fedrec.privacy.user_level import clip_update
 from fedrec.protocol.settings import LocalTrainingSpec
 from fedrec.training.budget import device_noise_multiplier, ledger_for, seeded_generator
+from fedrec.training.closed_form.memory import chunks_within
 from fedrec.training.closed_form.optimizer import StackedOptimizer
 from fedrec.training.closed_form.step import ClosedFormStep
 from fedrec.training.state import CohortMember, CohortRound, DeviceState, MemberOutcome
@@ -62,10 +63,11 @@ def train_cohort(
     explicit: bool,
     server_round: int = 0,
     weights: list[float] | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = 0,
     keep_updates: bool = False,
 ) -> CohortRound:
-    """Every member's local round against the same received item arrays.
+    """Every member's local round against the same received item arrays, ``chunk_size`` users
+    stacked at a time (0: as many as a share of the available memory holds).
 
     ``weights`` (default 1 each) scale each released update in ``update_sum``. A user whose
     budget would be exceeded trains nothing (``budget_exhausted``); one whose update is not
@@ -76,8 +78,8 @@ def train_cohort(
             f"the cohort engine runs optimizer {', '.join(FAST_OPTIMIZERS)}; "
             f"got '{training.optimizer}' (use the per-user engine for it)"
         )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size={chunk_size}; expected >= 0 (0: from the memory available)")
     weights = [1.0] * len(members) if weights is None else list(weights)
     if len(weights) != len(members):
         raise ValueError(f"{len(weights)} weights for {len(members)} members")
@@ -102,8 +104,11 @@ def train_cohort(
     updates: dict[int, dict[str, np.ndarray]] = {}
     # Users with the same number of steps side by side: a step then works on a prefix.
     plans.sort(key=lambda plan: -plan.steps_per_epoch)
-    for start in range(0, len(plans), chunk_size):
-        chunk = plans[start : start + chunk_size]
+    num_items, dim = received["item_embedding.weight"].shape
+    # Per user the whole table: values and gradients, and Adam's two moments.
+    row_bytes = 4 * (dim + 1) * (4 if training.optimizer == "adam" else 2)
+    for start, stop in chunks_within([num_items] * len(plans), row_bytes, chunk_size):
+        chunk = plans[start:stop]
         new_items, user_arrays, losses, steps = _train_chunk(
             received, chunk, model_spec, training, privacy, explicit
         )
