@@ -19,7 +19,6 @@ import cProfile
 import json
 import logging
 import os
-import pstats
 import sys
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, markdown_table  # noqa: E402
+from common import append_results, grouped_profile, markdown_table  # noqa: E402
 from federation_scale import profile as per_user_profile  # noqa: E402
 
 from fedrec.config import compose  # noqa: E402
@@ -60,10 +59,14 @@ PROFILE_GROUPS = {  # cProfile function name fragment → what it is
 
 class TreeMemory:
     """Peak resident memory of this process and all its descendants (Ray's workers included),
-    sampled every 0.5 s from /proc."""
+    sampled every 0.5 s from /proc: ``peak_mb`` sums each process's RSS (pages two processes
+    share, such as Ray's object store and the libraries, count once per process);
+    ``peak_pss_mb`` sums their proportional set size (a shared page split between its
+    sharers), which adds up to the memory the tree really holds."""
 
     def __init__(self) -> None:
         self.peak_mb = 0.0
+        self.peak_pss_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,22 +80,33 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            self.peak_mb = max(self.peak_mb, _tree_rss_mb(os.getpid()))
+            rss, pss = _tree_memory_mb(os.getpid())
+            self.peak_mb = max(self.peak_mb, rss)
+            self.peak_pss_mb = max(self.peak_pss_mb, pss)
 
 
 def _tree_rss_mb(root: int) -> float:
-    total, stack = 0.0, [root]
+    return _tree_memory_mb(root)[0]
+
+
+def _tree_memory_mb(root: int) -> tuple[float, float]:
+    """(Σ RSS, Σ PSS) in MB over ``root`` and its descendants."""
+    rss = pss = 0.0
+    stack = [root]
     while stack:
         pid = stack.pop()
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
+                    rss += int(line.split()[1]) / 1024
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
             for task in Path(f"/proc/{pid}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-    return total
+    return rss, pss
 
 
 def members_of(source, indices, seed_offset: int = 0) -> list[CohortMember]:
@@ -129,16 +143,7 @@ def cohort_profile(cfg, items, members) -> list[list[str]]:
     profiler.enable()
     cohort_rate(cfg, items, members)
     profiler.disable()
-    stats = pstats.Stats(profiler).stats
-    total = sum(tottime for (_, _, tottime, _, _) in stats.values())
-    spent = dict.fromkeys(PROFILE_GROUPS.values(), 0.0)
-    for (filename, _, name), (_, _, tottime, _, _) in stats.items():
-        for fragment, group in PROFILE_GROUPS.items():
-            if fragment in name or fragment in filename:
-                spent[group] += tottime
-                break
-    spent["everything else (Python glue, indexing)"] = total - sum(spent.values())
-    return [[group, f"{s:.2f}", f"{s / total:.0%}"] for group, s in spent.items()]
+    return grouped_profile(profiler, PROFILE_GROUPS)
 
 
 def main() -> None:
