@@ -20,7 +20,7 @@ from opacus.accountants import RDPAccountant
 from fedrec.config import compose
 from fedrec.federation.server_step import server_lr_factor
 from fedrec.jobs.simulate import prepare_federation, run_simulate
-from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
+from fedrec.protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WORKER_KEY
 
 ALLOWED_TRAIN_METRICS = {"num-examples", "train_loss", "epsilon", "local_steps"}
 
@@ -61,6 +61,7 @@ class MessageAudit:
                 for name, array in record.items()
             }
             entry["metrics"] = {k: v for r in content.metric_records.values() for k, v in r.items()}
+            entry["configs"] = {k: dict(r) for k, r in content.config_records.items()}
             how = self.corrupt.get(partition)
             if how and msg.metadata.message_type == "train":
                 arrays = {k: v.numpy().copy() for k, v in content[ARRAYS_KEY].items()}
@@ -137,14 +138,24 @@ def test_clients_send_only_item_side_tensors_and_scalars(plain_run):
     train = [e for e in audit if e["type"] == "train"]
     evaluate = [e for e in audit if e["type"] == "evaluate"]
     assert len(train) == 400 and len(evaluate) == 100 * 3  # rounds 0, 2 and 4
+    workers = set()
     for entry in train:
-        assert entry["records"] == [f"array:{ARRAYS_KEY}", f"metric:{METRICS_KEY}"]
+        assert entry["records"] == [
+            f"array:{ARRAYS_KEY}",
+            f"config:{WORKER_KEY}",
+            f"metric:{METRICS_KEY}",
+        ]
+        # The one config record names the Ray node that did the work (where a run on a
+        # cluster ran), nothing of the user's.
+        assert list(entry["configs"][WORKER_KEY]) == ["ray_node"]
+        workers.add(entry["configs"][WORKER_KEY]["ray_node"])
         assert entry["arrays"] == {
             "item_embedding.weight": [[1682, dim], "float32"],
             "item_bias.weight": [[1682, 1], "float32"],
         }
         assert set(entry["metrics"]) == ALLOWED_TRAIN_METRICS
         assert entry["metrics"]["num-examples"] == 1  # uniform weighting: no log size sent
+    assert len(workers) == 1 and all(len(w) == 56 and int(w, 16) >= 0 for w in workers)
     for entry in evaluate:
         assert entry["records"] == [f"metric:{METRICS_KEY}"] and entry["arrays"] == {}
         assert all(isinstance(v, int | float) for v in entry["metrics"].values())

@@ -54,5 +54,5 @@ def test_taste_clusters_make_users_predictable():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="mean_interactions"):
         SyntheticShape(10, 50, 100)
-    with pytest.raises(ValueError, match="unknown synthetic preset 'ml-20m'"):
-        generate("ml-20m")
+    with pytest.raises(ValueError, match="unknown synthetic preset 'ml-25m'"):
+        generate("ml-25m")

@@ -38,14 +38,14 @@ from fedrec.privacy.ledger import PrivacyBudgetExhausted
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.privacy.user_level import clip_scale
 from fedrec.protocol.settings import LocalTrainingSpec
+from fedrec.training.closed_form.drawn_round import DrawnRound, draw_round
 from fedrec.training.closed_form.engine import (
     FAST_OPTIMIZERS,
     _charged_state,
     _check_item_arrays,
-    _epoch_schedule,
-    _Plan,
     _plan,
 )
+from fedrec.training.closed_form.lazy_noise import LazyNoise, dense_update
 from fedrec.training.closed_form.memory import chunks_within
 from fedrec.training.closed_form.optimizer import StackedOptimizer
 from fedrec.training.closed_form.step import ClosedFormStep
@@ -92,7 +92,7 @@ def train_cohort_sparse(
     num_items, dim = received["item_embedding.weight"].shape
     drawer = ClosedFormStep([], [], training, None, explicit, num_items)
     outcomes: list[MemberOutcome | None] = [None] * len(members)
-    prepared: list[_Prepared] = []
+    prepared: list[DrawnRound] = []
     for index, member in enumerate(members):
         try:
             plan = _plan(index, member, training, privacy, explicit)
@@ -105,7 +105,7 @@ def train_cohort_sparse(
         except ValueError as err:
             outcomes[index] = MemberOutcome(member.key, "failed", member.state, reason=str(err))
             continue
-        prepared.append(_prepare(plan, drawer, training, privacy.record_level, model_spec))
+        prepared.append(draw_round(plan, drawer, training, privacy.record_level, model_spec))
     update_sum = {name: torch.zeros(a.shape) for name, a in received.items()}
     outside_variance = torch.zeros(num_items, dtype=torch.float64)  # Σ w²s² of the rows' absentees
     weight_sum = 0.0
@@ -130,7 +130,7 @@ def train_cohort_sparse(
             outside_std = item.outside_std(trained.steps[row])
             dense = None
             if keep_updates or (privacy.user_level and outside_std > 0):
-                dense = _dense_update(compact, rows, received, outside_std, item.plan.generator)
+                dense = dense_update(compact, rows, received, outside_std, item.plan.generator)
             new_state, epsilon = _charged_state(
                 plan, trained.users, row, server_round, trained.steps[row]
             )
@@ -191,58 +191,6 @@ def train_cohort_sparse(
     )
 
 
-class _Prepared:
-    """A user's round drawn in advance: ``rows``, the sorted item rows it touches, and per epoch
-    and step the examples (their items as positions in ``rows``)."""
-
-    def __init__(
-        self,
-        plan: _Plan,
-        user_init: torch.Tensor,
-        steps: list[list[tuple]],
-        rows: np.ndarray,
-        lr: float,
-    ) -> None:
-        self.plan, self.user_init, self.steps, self.rows, self.lr = plan, user_init, steps, rows, lr
-
-    def outside_std(self, steps: int) -> float:
-        """Std of the noise one untouched row ends the round with: one Gaussian per step of
-        std σC, scaled by the step's ``-lr / expected_batch`` (SGD)."""
-        if self.plan.noise_std == 0:
-            return 0.0
-        return self.lr * self.plan.noise_std / self.plan.expected_batch * steps**0.5
-
-
-def _prepare(
-    plan: _Plan, drawer: ClosedFormStep, training: LocalTrainingSpec, private: bool, spec: ModelSpec
-) -> _Prepared:
-    """Draw the round's batches and negatives in the device's order (the fresh user embedding
-    first, then per epoch the loader's draws, per step the batch and its negatives)."""
-    user_init = torch.empty(1, spec.embedding_dim).normal_(
-        0.0, spec.init_std, generator=plan.generator
-    )
-    epochs = []
-    touched = []
-    for _ in range(training.epochs):
-        schedule = _epoch_schedule(plan, private)
-        steps = []
-        for _ in range(plan.steps_per_epoch):
-            positions = next(schedule)
-            _, candidates, targets, weights = drawer.examples(plan, 0, positions)
-            steps.append((candidates, targets, weights))
-            touched.append(candidates.reshape(-1))
-        next(schedule, None)
-        epochs.append(steps)
-    everything = torch.cat(touched)
-    rows = torch.unique(everything).numpy()
-    # One search for the whole round, split back into its steps.
-    positions = torch.searchsorted(torch.as_tensor(rows), everything)
-    sizes = [steps[k][0].numel() for steps in epochs for k in range(len(steps))]
-    pieces = iter(torch.split(positions, sizes))
-    local = [[(next(pieces).view(c.shape), t, w) for c, t, w in steps] for steps in epochs]
-    return _Prepared(plan, user_init, local, rows, training.lr)
-
-
 class _Trained:
     def __init__(self, items, users, losses, steps):
         self.items, self.users, self.losses, self.steps = items, users, losses, steps
@@ -250,7 +198,7 @@ class _Trained:
 
 def _train_chunk(
     received: dict[str, torch.Tensor],
-    chunk: list[_Prepared],
+    chunk: list[DrawnRound],
     model_spec: ModelSpec,
     training: LocalTrainingSpec,
     privacy: PrivacySpec,
@@ -295,7 +243,9 @@ def _train_chunk(
     noised_to = torch.zeros(count * width, dtype=torch.long)
     taken = torch.zeros(count, dtype=torch.long)
     losses: list[list[float]] = [[] for _ in chunk]
-    noise = _Noise(chunk[0].plan.generator, noise_std, divisors, training.lr) if private else None
+    noise = (
+        LazyNoise(chunk[0].plan.generator, noise_std, divisors, training.lr) if private else None
+    )
     sgd = training.optimizer == "sgd"
     for epoch in range(training.epochs):
         epoch_losses: list[list[float]] = [[] for _ in chunk]
@@ -364,62 +314,3 @@ def _train_chunk(
     users = {name: by_name[name] for name in names if name in USER_SIDE}
     steps = taken.tolist()
     return _Trained(items, users, [float(np.mean(loss)) for loss in losses], steps)
-
-
-class _Noise:
-    """DP-SGD's Gaussian noise for a chunk, drawn lazily on the compact item rows."""
-
-    def __init__(
-        self,
-        generator: torch.Generator,
-        noise_std: torch.Tensor,
-        divisors: torch.Tensor,
-        lr: float,
-    ) -> None:
-        self.generator, self.noise_std, self.divisors, self.lr = generator, noise_std, divisors, lr
-
-    def per_user(self, like: torch.Tensor) -> torch.Tensor:
-        """This step's noise on a dense per-user parameter (its first axis the active users)."""
-        draw = torch.empty(like.shape).normal_(generator=self.generator)
-        return draw * self.noise_std[: like.shape[0]].view(-1, *([1] * (like.ndim - 1)))
-
-    def catch_up(
-        self,
-        params: list[torch.Tensor],
-        flat: torch.Tensor,
-        owner: torch.Tensor,
-        noised_to: torch.Tensor,
-        taken: torch.Tensor,
-    ) -> None:
-        """Move compact rows ``flat`` (of users ``owner``) by the noise of the steps since it was
-        last drawn: ``pending`` SGD steps' noise sums to ``-lr/B·N(0, pending·σ²C²)``."""
-        pending = (taken[owner] - noised_to[flat]).to(torch.float32)
-        scale = (self.lr * self.noise_std[owner] / self.divisors[owner] * pending.sqrt()).unsqueeze(
-            1
-        )
-        for index in (1, 2):
-            view = params[index].view(noised_to.shape[0], -1)
-            draw = torch.empty(len(flat), view.shape[1]).normal_(generator=self.generator)
-            view.index_add_(0, flat, draw.mul_(-scale))  # (index_add_'s alpha is 3x slower)
-        noised_to[flat] = taken[owner]
-
-
-def _dense_update(
-    compact: dict[str, torch.Tensor],
-    rows: torch.Tensor,
-    received: dict[str, torch.Tensor],
-    outside_std: float,
-    generator: torch.Generator,
-) -> dict[str, np.ndarray]:
-    """One user's whole update: their compact rows, and on every other row the noise it
-    accumulated (``outside_std`` per entry; zero without DP)."""
-    dense = {}
-    for name in ("item_embedding.weight", "item_bias.weight"):
-        full = torch.zeros(received[name].shape)
-        if outside_std > 0:
-            full.normal_(0.0, outside_std, generator=generator)
-        full[rows] = compact[name]
-        dense[name] = full.numpy()
-    if "global_bias.weight" in compact:
-        dense["global_bias.weight"] = compact["global_bias.weight"].numpy()
-    return dense
