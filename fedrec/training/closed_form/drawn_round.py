@@ -81,9 +81,10 @@ def private_epoch(plan: _Plan, drawer: ClosedFormStep) -> list[tuple]:
     counts = chosen.sum(1)
     empty = counts == 0
     step_of, position = chosen.nonzero(as_tuple=True)
-    items = torch.from_numpy(np.asarray(data.train_items)).long()[position]
+    picked = position.numpy()  # indexed in numpy: the user's arrays may be read-only
+    items = torch.from_numpy(np.asarray(data.train_items)[picked]).long()
     ratings = (
-        torch.from_numpy(np.asarray(data.train_ratings, dtype=np.float32))[position]
+        torch.from_numpy(np.asarray(data.train_ratings, dtype=np.float32)[picked])
         if data.train_ratings is not None
         else torch.ones(len(position))
     )
