@@ -51,7 +51,8 @@ from fedrec.training.closed_form.optimizer import StackedOptimizer
 from fedrec.training.closed_form.step import ClosedFormStep
 from fedrec.training.state import CohortMember, CohortRound, MemberOutcome
 
-# Floats held per touched row and dimension: value, gradient, last-noised step, two moments.
+# Floats held per touched row and dimension, at most: value, gradient and Adam's two moments,
+# plus one for the row's own bookkeeping (a conservative bound for sizing chunks).
 FLOATS_PER_ROW_DIM = 5
 
 
@@ -176,8 +177,8 @@ def train_cohort_sparse(
                 member.key, "trained", new_state, trained.losses[row], trained.steps[row], epsilon
             )
     if prepared and bool((outside_variance > 0).any()):
-        # The chunk's users' noise on the rows each did not touch: one draw per row, its
-        # variance the sum of theirs. The generator continues the first user's stream.
+        # Every user's noise on the rows they did not touch, over all chunks: one draw per
+        # row, its variance the sum of theirs. The generator continues the first user's stream.
         generator = prepared[0].plan.generator
         std = outside_variance.clamp(min=0).sqrt().float().unsqueeze(1)
         for name in ("item_embedding.weight", "item_bias.weight"):
