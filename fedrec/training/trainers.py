@@ -227,7 +227,6 @@ def sparse_trainer(
         privacy.record_level and training.optimizer != "sgd"
     ):
         return closed_form_trainer(item_arrays, members, **options)
-    options["weights"] = _weights(weights, members)
     return train_cohort_sparse(item_arrays, list(members), **options)
 
 

@@ -97,15 +97,7 @@ def private_epoch(plan: _Plan, drawer: ClosedFormStep) -> list[tuple]:
         weights = torch.cat([weights, torch.zeros(pad)])
         order = torch.argsort(step_of, stable=True)
         items, ratings, weights = items[order], ratings[order], weights[order]
-    if drawer.explicit:
-        candidates, targets = items.unsqueeze(1), ratings.unsqueeze(1)
-    else:
-        negatives = torch.randint(
-            drawer.num_items, (len(items), drawer.num_negatives), generator=generator
-        )
-        candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
-        targets = torch.zeros(candidates.shape)
-        targets[:, 0] = 1.0
+    candidates, targets = drawer.candidates(items, ratings, generator)
     sizes = counts.clamp(min=1).tolist()
     return list(
         zip(

@@ -80,25 +80,9 @@ def train_cohort(
         )
     if chunk_size < 0:
         raise ValueError(f"chunk_size={chunk_size}; expected >= 0 (0: from the memory available)")
-    weights = [1.0] * len(members) if weights is None else list(weights)
-    if len(weights) != len(members):
-        raise ValueError(f"{len(weights)} weights for {len(members)} members")
-    received = {
-        name: torch.as_tensor(np.asarray(a), dtype=torch.float32) for name, a in item_arrays.items()
-    }
-    _check_item_arrays(received, explicit)
-    outcomes: list[MemberOutcome | None] = [None] * len(members)
-    plans: list[_Plan] = []
-    for index, member in enumerate(members):
-        try:
-            plans.append(_plan(index, member, training, privacy, explicit))
-        except PrivacyBudgetExhausted as err:
-            spent = member.state.ledger.epsilon if member.state.ledger else 0.0
-            outcomes[index] = MemberOutcome(
-                member.key, "budget_exhausted", member.state, epsilon=spent, reason=str(err)
-            )
-        except ValueError as err:
-            outcomes[index] = MemberOutcome(member.key, "failed", member.state, reason=str(err))
+    received, weights, outcomes, plans = _admit(
+        item_arrays, members, weights, training, privacy, explicit
+    )
     update_sum = {name: np.zeros(a.shape, dtype=np.float32) for name, a in received.items()}
     weight_sum = 0.0
     updates: dict[int, dict[str, np.ndarray]] = {}
@@ -141,6 +125,39 @@ def train_cohort(
                 member.key, "trained", new_state, losses[row], steps[row], epsilon
             )
     return CohortRound(update_sum, weight_sum, [o for o in outcomes if o is not None], updates)
+
+
+def _admit(
+    item_arrays: dict[str, np.ndarray],
+    members: list[CohortMember],
+    weights: list[float] | None,
+    training: LocalTrainingSpec,
+    privacy: PrivacySpec,
+    explicit: bool,
+) -> tuple[dict[str, torch.Tensor], list[float], list[MemberOutcome | None], list[_Plan]]:
+    """What both cohort engines start from: the checked item arrays as tensors, one weight per
+    member, and each member's plan, or (in its place in ``outcomes``) why they do not train
+    (``budget_exhausted``, ``failed``)."""
+    weights = [1.0] * len(members) if weights is None else list(weights)
+    if len(weights) != len(members):
+        raise ValueError(f"{len(weights)} weights for {len(members)} members")
+    received = {
+        name: torch.as_tensor(np.asarray(a), dtype=torch.float32) for name, a in item_arrays.items()
+    }
+    _check_item_arrays(received, explicit)
+    outcomes: list[MemberOutcome | None] = [None] * len(members)
+    plans: list[_Plan] = []
+    for index, member in enumerate(members):
+        try:
+            plans.append(_plan(index, member, training, privacy, explicit))
+        except PrivacyBudgetExhausted as err:
+            spent = member.state.ledger.epsilon if member.state.ledger else 0.0
+            outcomes[index] = MemberOutcome(
+                member.key, "budget_exhausted", member.state, epsilon=spent, reason=str(err)
+            )
+        except ValueError as err:
+            outcomes[index] = MemberOutcome(member.key, "failed", member.state, reason=str(err))
+    return received, weights, outcomes, plans
 
 
 def _check_item_arrays(received: dict[str, torch.Tensor], explicit: bool) -> None:

@@ -34,17 +34,11 @@ import numpy as np
 import torch
 
 from fedrec.model.mf import ITEM_SIDE, USER_SIDE, ModelSpec
-from fedrec.privacy.ledger import PrivacyBudgetExhausted
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.privacy.user_level import clip_scale
 from fedrec.protocol.settings import LocalTrainingSpec
 from fedrec.training.closed_form.drawn_round import DrawnRound, draw_round
-from fedrec.training.closed_form.engine import (
-    FAST_OPTIMIZERS,
-    _charged_state,
-    _check_item_arrays,
-    _plan,
-)
+from fedrec.training.closed_form.engine import FAST_OPTIMIZERS, _admit, _charged_state
 from fedrec.training.closed_form.lazy_noise import LazyNoise, dense_update
 from fedrec.training.closed_form.memory import chunks_within
 from fedrec.training.closed_form.optimizer import StackedOptimizer
@@ -83,30 +77,14 @@ def train_cohort_sparse(
             "lazy noise needs plain SGD: with DP-SGD and Adam every row's moments change at "
             "every step (federation.trainer=closed_form runs that, per step)"
         )
-    weights = [1.0] * len(members) if weights is None else list(weights)
-    if len(weights) != len(members):
-        raise ValueError(f"{len(weights)} weights for {len(members)} members")
-    received = {
-        name: torch.as_tensor(np.asarray(a), dtype=torch.float32) for name, a in item_arrays.items()
-    }
-    _check_item_arrays(received, explicit)
+    received, weights, outcomes, plans = _admit(
+        item_arrays, members, weights, training, privacy, explicit
+    )
     num_items, dim = received["item_embedding.weight"].shape
     drawer = ClosedFormStep([], [], training, None, explicit, num_items)
-    outcomes: list[MemberOutcome | None] = [None] * len(members)
-    prepared: list[DrawnRound] = []
-    for index, member in enumerate(members):
-        try:
-            plan = _plan(index, member, training, privacy, explicit)
-        except PrivacyBudgetExhausted as err:
-            spent = member.state.ledger.epsilon if member.state.ledger else 0.0
-            outcomes[index] = MemberOutcome(
-                member.key, "budget_exhausted", member.state, epsilon=spent, reason=str(err)
-            )
-            continue
-        except ValueError as err:
-            outcomes[index] = MemberOutcome(member.key, "failed", member.state, reason=str(err))
-            continue
-        prepared.append(draw_round(plan, drawer, training, privacy.record_level, model_spec))
+    prepared = [
+        draw_round(plan, drawer, training, privacy.record_level, model_spec) for plan in plans
+    ]
     update_sum = {name: torch.zeros(a.shape) for name, a in received.items()}
     outside_variance = torch.zeros(num_items, dtype=torch.float64)  # Σ w²s² of the rows' absentees
     weight_sum = 0.0

@@ -52,17 +52,24 @@ class ClosedFormStep:
                 torch.zeros(1),
                 torch.zeros(1),
             )
-        if self.explicit:
-            candidates, targets = items.unsqueeze(1), ratings.unsqueeze(1)
-        else:
-            negatives = torch.randint(
-                self.num_items, (len(items), self.num_negatives), generator=plan.generator
-            )
-            candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
-            targets = torch.zeros(candidates.shape)
-            targets[:, 0] = 1.0
+        candidates, targets = self.candidates(items, ratings, plan.generator)
         rows = torch.full((len(items),), row, dtype=torch.long)
         return rows, candidates, targets, weights
+
+    def candidates(
+        self, items: torch.Tensor, ratings: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(candidates [B, C], targets [B, C]) of examples with these positive items: the item
+        and its rating (explicit), or the item (target 1) and its drawn negatives (target 0)."""
+        if self.explicit:
+            return items.unsqueeze(1), ratings.unsqueeze(1)
+        negatives = torch.randint(
+            self.num_items, (len(items), self.num_negatives), generator=generator
+        )
+        candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
+        targets = torch.zeros(candidates.shape)
+        targets[:, 0] = 1.0
+        return candidates, targets
 
     def accumulate(self, examples) -> tuple[torch.Tensor, torch.Tensor]:
         """Add each user's sum of clipped per-example gradients to their grad buffers; return
