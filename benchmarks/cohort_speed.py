@@ -39,7 +39,7 @@ from fedrec.jobs.simulate import (  # noqa: E402
     round_settings,
     run_simulate,
 )
-from fedrec.privacy.accounting import _rdp_of_one_step  # noqa: E402
+from fedrec.privacy.accounting import clear_caches  # noqa: E402
 from fedrec.training.closed_form.engine import train_cohort  # noqa: E402
 from fedrec.training.state import (
     CohortMember,
@@ -120,7 +120,7 @@ def members_of(source, indices, seed_offset: int = 0) -> list[CohortMember]:
 def cohort_rate(cfg, items, members) -> tuple[float, float]:
     """(seconds, updates per second) of one cohort round over ``members``, from a cold start
     (no privacy curve cached yet, as in a fresh worker)."""
-    _rdp_of_one_step.cache_clear()
+    clear_caches()
     settings = round_settings(cfg)
     started = time.perf_counter()
     result = train_cohort(
@@ -172,7 +172,7 @@ def main() -> None:
     everyone = np.arange(len(source))
     sample = np.random.default_rng(0).choice(len(source), args.baseline_users, replace=False)
 
-    _rdp_of_one_step.cache_clear()
+    clear_caches()
     phases, per_update, median_size = per_user_profile(cfg, args.baseline_users)
     baseline_rate = 1 / per_update
     _, sample_rate = cohort_rate(cfg, items, members_of(source, sample))

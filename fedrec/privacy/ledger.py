@@ -8,7 +8,7 @@ accountant's history from it. ε is always recomputed from the whole ledger, nev
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -78,7 +78,7 @@ class PrivacyLedger:
         return {
             "accountant": self.accountant,
             "delta": self.delta,
-            "entries": [asdict(e) for e in self.entries],
+            "entries": [dict(vars(e)) for e in self.entries],  # (asdict: 10x slower)
         }
 
     @classmethod

@@ -17,9 +17,11 @@ MAX_CHUNK_USERS = 1024
 MEMORY_SHARE = 0.5
 # ... and no more than this: wider chunks were not faster (ML-1M shape, DP-SGD, one thread:
 # the sparse engine made ~500 updates/s with 16-64 MiB chunks and ~385/s with 512 MiB-2 GiB
-# ones, its padding growing with the widest user; the dense engine 223-248/s from 64 to 1,000
-# users per chunk), while the memory of the whole simulation grows with them.
-CHUNK_MEMORY_CAP_BYTES = 64 << 20
+# ones, its padding growing with the widest user; after its step loop lost its per-user Python,
+# 16 and 64 MiB again ran at the same rate, 3,020 users in 5 runs each), while the memory of the
+# whole simulation grows with them: a chunk's temporaries take about twice its estimate (a
+# 3,020-user node's round peaked 118 MB above its start with 16 MiB, 172-189 MB with 64 MiB).
+CHUNK_MEMORY_CAP_BYTES = 16 << 20
 
 
 def available_memory_bytes() -> int:

@@ -37,7 +37,7 @@ from fedrec.model.mf import ITEM_SIDE, USER_SIDE, ModelSpec
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.privacy.user_level import clip_scale
 from fedrec.protocol.settings import LocalTrainingSpec
-from fedrec.training.closed_form.drawn_round import DrawnRound, draw_round
+from fedrec.training.closed_form.drawn_round import DrawnGroup, draw_group, groups_of
 from fedrec.training.closed_form.engine import FAST_OPTIMIZERS, _admit, _charged_state
 from fedrec.training.closed_form.lazy_noise import LazyNoise, dense_update
 from fedrec.training.closed_form.memory import chunks_within
@@ -82,121 +82,204 @@ def train_cohort_sparse(
     )
     num_items, dim = received["item_embedding.weight"].shape
     drawer = ClosedFormStep([], [], training, None, explicit, num_items)
-    prepared = [
-        draw_round(plan, drawer, training, privacy.record_level, model_spec) for plan in plans
-    ]
-    update_sum = {name: torch.zeros(a.shape) for name, a in received.items()}
-    outside_variance = torch.zeros(num_items, dtype=torch.float64)  # Σ w²s² of the rows' absentees
-    weight_sum = 0.0
-    updates: dict[int, dict[str, np.ndarray]] = {}
-    prepared.sort(key=lambda p: -p.plan.steps_per_epoch)
+    plans.sort(key=lambda plan: -plan.steps_per_epoch)  # a step then works on a prefix
+    release = _Release(received, weights, outcomes, server_round, training.lr)
+    # Each user's update on its own (a user-level clip needs its norm; keep_updates returns
+    # it), or straight into the sum, with the noise of the rows' last steps drawn there.
+    each = keep_updates or privacy.user_level
     row_bytes = 4 * FLOATS_PER_ROW_DIM * (dim + 1)
-    sizes = [len(p.rows) for p in prepared]
-    for start, stop in chunks_within(sizes, row_bytes, chunk_size, memory_bytes):
-        chunk = prepared[start:stop]
-        trained = _train_chunk(received, chunk, model_spec, training, privacy, explicit)
-        for row, item in enumerate(chunk):
-            plan, member = item.plan, item.plan.member
-            rows = torch.as_tensor(item.rows)
-            compact = {
-                name: trained.items[name][row, : len(rows)] - received[name][rows]
-                for name in ("item_embedding.weight", "item_bias.weight")
-            }
-            if explicit:
-                compact["global_bias.weight"] = (
-                    trained.items["global_bias.weight"][row] - received["global_bias.weight"]
-                )
-            outside_std = item.outside_std(trained.steps[row])
-            dense = None
-            if keep_updates or (privacy.user_level and outside_std > 0):
-                dense = dense_update(compact, rows, received, outside_std, item.plan.generator)
-            new_state, epsilon = _charged_state(
-                plan, trained.users, row, server_round, trained.steps[row]
+    for group_plans in groups_of(plans, training.epochs):
+        group = draw_group(group_plans, drawer, training, privacy.record_level, model_spec)
+        for start, stop in chunks_within(group.row_counts(), row_bytes, chunk_size, memory_bytes):
+            trained = _train_chunk(
+                received, group, start, stop, training, privacy, explicit, final_noise=each
             )
-            finite = all(torch.isfinite(v).all() for v in compact.values())
-            scale = 1.0
-            if privacy.user_level:  # DP-FedAvg: the whole update bounded, as on a device
-                whole = dense if dense is not None else {n: v.numpy() for n, v in compact.items()}
-                scale = clip_scale(whole, privacy.user_clip_norm)
-            if keep_updates:
-                updates[member.key] = {
-                    name: (array * scale).astype(np.float32) for name, array in dense.items()
-                }
-            if not finite:
-                outcomes[plan.index] = MemberOutcome(
-                    member.key,
-                    "rejected",
-                    new_state,
-                    trained.losses[row],
-                    trained.steps[row],
-                    epsilon,
-                    "the update holds NaN or inf",
-                )
-                continue
-            weight = weights[plan.index] * scale
-            if dense is not None:
-                for name, array in dense.items():
-                    update_sum[name] += weight * torch.from_numpy(array)
+            if each:
+                release.each(trained, privacy, keep_updates)
             else:
-                update_sum["item_embedding.weight"].index_add_(
-                    0, rows, compact["item_embedding.weight"] * weight
-                )
-                update_sum["item_bias.weight"].index_add_(
-                    0, rows, compact["item_bias.weight"] * weight
-                )
-                if explicit:
-                    update_sum["global_bias.weight"] += weight * compact["global_bias.weight"]
-                if outside_std > 0:
-                    variance = (weight * outside_std) ** 2
-                    outside_variance += variance
-                    outside_variance[rows] -= variance
-            weight_sum += weights[plan.index]
-            outcomes[plan.index] = MemberOutcome(
-                member.key, "trained", new_state, trained.losses[row], trained.steps[row], epsilon
-            )
-    if prepared and bool((outside_variance > 0).any()):
-        # Every user's noise on the rows they did not touch, over all chunks: one draw per
-        # row, its variance the sum of theirs. The generator continues the first user's stream.
-        generator = prepared[0].plan.generator
-        std = outside_variance.clamp(min=0).sqrt().float().unsqueeze(1)
-        for name in ("item_embedding.weight", "item_bias.weight"):
-            noise = torch.empty(update_sum[name].shape).normal_(generator=generator)
-            update_sum[name] += noise * std
+                release.together(trained)
+    release.draw_outside_noise(plans[0].generator if plans else None)
     return CohortRound(
-        {name: tensor.numpy() for name, tensor in update_sum.items()},
-        weight_sum,
+        {name: tensor.numpy() for name, tensor in release.update_sum.items()},
+        release.weight_sum,
         [o for o in outcomes if o is not None],
-        updates,
+        release.updates,
     )
 
 
 class _Trained:
-    def __init__(self, items, users, losses, steps):
-        self.items, self.users, self.losses, self.steps = items, users, losses, steps
+    """A chunk after its local epochs: the compact tables (user ``row``'s slot ``j`` is item
+    ``gather[row, j]``; ``real`` lists the flat slots that are not padding, ``slot_user`` their
+    users), each user's steps and loss, and how far each slot's lazy noise was drawn."""
+
+    def __init__(self, **fields) -> None:
+        self.__dict__.update(fields)
+
+
+class _Release:
+    """What a node releases, accumulated chunk by chunk: the weighted sum of the trained users'
+    updates, their weight, each member's outcome and (``keep_updates``) each user's update."""
+
+    def __init__(self, received, weights, outcomes, server_round: int, lr: float) -> None:
+        self.received, self.weights, self.outcomes = received, weights, outcomes
+        self.server_round, self.lr = server_round, lr
+        self.update_sum = {name: torch.zeros(a.shape) for name, a in received.items()}
+        num_items = received["item_embedding.weight"].shape[0]
+        # Σ w²s² over the users whose noise on a row is still to be drawn.
+        self.outside_variance = torch.zeros(num_items, dtype=torch.float64)
+        self.weight_sum = 0.0
+        self.updates: dict[int, dict[str, np.ndarray]] = {}
+
+    def _compact(self, trained: _Trained) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every user's update on their real slots (``trained.real`` order), and per user
+        whether it is finite."""
+        items = trained.gather.view(-1)[trained.real]
+        compact = {}
+        for name in ("item_embedding.weight", "item_bias.weight"):
+            table = trained.items[name]
+            flat = table.view(-1, table.shape[-1])[trained.real]
+            compact[name] = flat - self.received[name][items]
+        count = len(trained.plans)
+        bad = torch.zeros(count, dtype=torch.bool)
+        for value in compact.values():
+            bad.index_fill_(0, trained.slot_user[~torch.isfinite(value).all(1)], True)
+        if "global_bias.weight" in self.received:
+            value = trained.items["global_bias.weight"] - self.received["global_bias.weight"]
+            compact["global_bias.weight"] = value
+            bad |= ~torch.isfinite(value.reshape(count, -1)).all(1)
+        return compact, ~bad
+
+    def _outcome(self, trained: _Trained, row: int, finite: bool) -> None:
+        plan = trained.plans[row]
+        new_state, epsilon = _charged_state(
+            plan, trained.users, row, self.server_round, trained.steps[row]
+        )
+        status, reason = ("trained", "") if finite else ("rejected", "the update holds NaN or inf")
+        self.outcomes[plan.index] = MemberOutcome(
+            plan.member.key,
+            status,
+            new_state,
+            trained.losses[row],
+            trained.steps[row],
+            epsilon,
+            reason,
+        )
+        if finite:
+            self.weight_sum += self.weights[plan.index]
+
+    def together(self, trained: _Trained) -> None:
+        """The chunk's updates straight into the sum; each slot's noise since its user's last
+        touch joins the rows' outstanding variance (a sum of independent Gaussians is one)."""
+        compact, finite = self._compact(trained)
+        for row in range(len(trained.plans)):
+            self._outcome(trained, row, bool(finite[row]))
+        weight = torch.tensor([self.weights[plan.index] for plan in trained.plans]) * finite
+        kept = finite[trained.slot_user]
+        slots, users = trained.real[kept], trained.slot_user[kept]
+        items = trained.gather.view(-1)[slots]
+        for name in ("item_embedding.weight", "item_bias.weight"):
+            value = compact[name][kept]
+            self.update_sum[name].index_add_(0, items, value * weight[users].unsqueeze(1))
+        if "global_bias.weight" in compact:
+            value = compact["global_bias.weight"][finite] * weight[finite].view(-1, 1, 1)
+            self.update_sum["global_bias.weight"] += value.sum(0)
+        if trained.noise_scales is not None:
+            steps = trained.taken.to(torch.float64)
+            per_step = (weight.to(torch.float64) * trained.noise_scales) ** 2
+            self.outside_variance += (per_step * steps).sum()
+            pending = (trained.taken[users] - trained.noised_to[slots]).to(torch.float64)
+            self.outside_variance.index_add_(0, items, per_step[users] * (pending - steps[users]))
+
+    def each(self, trained: _Trained, privacy: PrivacySpec, keep_updates: bool) -> None:
+        """User by user: a user-level clip sees the whole update (the noise of the rows the user
+        never touched included), and ``keep_updates`` gets each user's update."""
+        compact, finite = self._compact(trained)
+        ends = trained.slot_user.bincount(minlength=len(trained.plans)).cumsum(0).tolist()
+        for row, plan in enumerate(trained.plans):
+            self._outcome(trained, row, bool(finite[row]))
+            first, last = ends[row - 1] if row else 0, ends[row]
+            rows = trained.gather[row, : last - first]
+            mine = {
+                name: compact[name][first:last]
+                for name in ("item_embedding.weight", "item_bias.weight")
+            }
+            if "global_bias.weight" in compact:
+                mine["global_bias.weight"] = compact["global_bias.weight"][row]
+            outside_std = 0.0
+            if trained.noise_scales is not None:
+                outside_std = float(trained.noise_scales[row]) * trained.steps[row] ** 0.5
+            dense = None
+            if keep_updates or (privacy.user_level and outside_std > 0):
+                dense = dense_update(mine, rows, self.received, outside_std, plan.generator)
+            scale = 1.0
+            if privacy.user_level:  # DP-FedAvg: the whole update bounded, as on a device
+                whole = dense if dense is not None else {n: v.numpy() for n, v in mine.items()}
+                scale = clip_scale(whole, privacy.user_clip_norm)
+            if keep_updates:
+                self.updates[plan.member.key] = {
+                    name: (array * scale).astype(np.float32) for name, array in dense.items()
+                }
+            if not finite[row]:
+                continue
+            weight = self.weights[plan.index] * scale
+            if dense is not None:
+                for name, array in dense.items():
+                    self.update_sum[name] += weight * torch.from_numpy(array)
+                continue
+            for name, value in mine.items():
+                if name == "global_bias.weight":
+                    self.update_sum[name] += weight * value
+                else:
+                    self.update_sum[name].index_add_(0, rows, value * weight)
+            if outside_std > 0:
+                variance = (weight * outside_std) ** 2
+                self.outside_variance += variance
+                self.outside_variance[rows] -= variance
+
+    def draw_outside_noise(self, generator: torch.Generator | None) -> None:
+        """Every user's noise still owed to the sum (rows they did not touch, and the steps
+        after their last touch), over all chunks: one draw per row, its variance the sum of
+        theirs. The generator continues the first user's stream."""
+        if generator is None or not bool((self.outside_variance > 0).any()):
+            return
+        std = self.outside_variance.clamp(min=0).sqrt().float().unsqueeze(1)
+        for name in ("item_embedding.weight", "item_bias.weight"):
+            noise = torch.empty(self.update_sum[name].shape).normal_(generator=generator)
+            self.update_sum[name] += noise * std
 
 
 def _train_chunk(
     received: dict[str, torch.Tensor],
-    chunk: list[DrawnRound],
-    model_spec: ModelSpec,
+    group: DrawnGroup,
+    start: int,
+    stop: int,
     training: LocalTrainingSpec,
     privacy: PrivacySpec,
     explicit: bool,
+    *,
+    final_noise: bool,
 ) -> _Trained:
-    """The chunk's local epochs on compact tables: user ``row``'s slot ``j`` is item
-    ``chunk[row].rows[j]``; slots past a user's rows are padding no example refers to."""
-    count = len(chunk)
-    dim = received["item_embedding.weight"].shape[1]
-    width = max(len(item.rows) for item in chunk)
-    gather = torch.zeros(count, width, dtype=torch.long)
-    for row, item in enumerate(chunk):
-        gather[row, : len(item.rows)] = torch.as_tensor(item.rows)
-    user_vectors = torch.empty(count, 1, dim)
-    for row, item in enumerate(chunk):
-        kept = item.plan.member.state.user_arrays
-        user_vectors[row] = (
-            torch.as_tensor(kept["user_embedding.weight"]) if kept is not None else item.user_init
-        )
+    """The local epochs of users ``start:stop`` of ``group`` on compact tables: user ``row``'s
+    slot ``j`` is item ``row_items[row_offsets[row] + j]``; slots past a user's rows are padding
+    no example refers to. ``final_noise``: draw each slot's noise up to its user's last step
+    here (else the caller owes it, see ``_Release.together``)."""
+    plans = group.plans[start:stop]
+    count = len(plans)
+    offsets = group.row_offsets[start : stop + 1]
+    counts = offsets[1:] - offsets[:-1]
+    width = int(counts.max())
+    slot_user = torch.repeat_interleave(torch.arange(count), counts)
+    real = slot_user * width + (
+        torch.arange(len(slot_user)) - (offsets[:-1] - offsets[0])[slot_user]
+    )
+    gather = torch.zeros(count * width, dtype=torch.long)
+    gather[real] = group.row_items[int(offsets[0]) : int(offsets[-1])]
+    gather = gather.view(count, width)
+    user_vectors = group.user_init[start:stop].clone()
+    for row, plan in enumerate(plans):
+        kept = plan.member.state.user_arrays
+        if kept is not None:
+            user_vectors[row] = torch.as_tensor(kept["user_embedding.weight"])
     params = [
         user_vectors,
         received["item_embedding.weight"][gather],
@@ -204,8 +287,8 @@ def _train_chunk(
     ]
     if explicit:
         user_biases = torch.zeros(count, 1, 1)
-        for row, item in enumerate(chunk):
-            kept = item.plan.member.state.user_arrays
+        for row, plan in enumerate(plans):
+            kept = plan.member.state.user_arrays
             if kept is not None and "user_bias.weight" in kept:
                 user_biases[row] = torch.as_tensor(kept["user_bias.weight"])
         params += [user_biases, received["global_bias.weight"].expand(count, -1, -1).clone()]
@@ -216,80 +299,99 @@ def _train_chunk(
     )
     optimizer = StackedOptimizer(params, grads, training.lr, training.optimizer)
     user_side = [0] + ([3, 4] if explicit else [])  # dense per user: noised every step
-    noise_std = torch.tensor([item.plan.noise_std for item in chunk])
-    divisors = torch.tensor([float(item.plan.expected_batch) if private else 0.0 for item in chunk])
-    # Per compact row: the user's step count up to which its noise has been drawn.
+    # The chunk's examples in step order (each user's own steps stay in their order).
+    first, last = int(group.ex_offsets[start]), int(group.ex_offsets[stop])
+    order = torch.argsort(group.ex_step[first:last], stable=True)
+    ex_user = group.ex_user[first:last][order] - start
+    ex_step = group.ex_step[first:last][order]
+    positions = group.positions[first:last][order]
+    targets, weights = group.targets[first:last][order], group.weights[first:last][order]
+    flat_slots = ex_user.unsqueeze(1) * width + positions
+    total_steps = group.total_steps[start:stop]
+    most = int(total_steps[0])
+    bounds = [0, *torch.bincount(ex_step, minlength=most).cumsum(0).tolist()]
+    # Users still training at step k: a prefix (most steps first).
+    actives = torch.searchsorted(-total_steps, -torch.arange(most)).tolist()
+    if private:
+        divisors = torch.tensor([float(plan.expected_batch) for plan in plans])
+    else:  # each step's own batch size
+        batch = torch.bincount(ex_user * most + ex_step, minlength=count * most)
+        batch_sizes = batch.view(count, most).to(torch.float32)
+    noise_std = torch.tensor([plan.noise_std for plan in plans])
+    noise = LazyNoise(plans[0].generator, noise_std, divisors, training.lr) if private else None
+    # Per compact slot: the user's step count up to which its noise has been drawn.
     noised_to = torch.zeros(count * width, dtype=torch.long)
     taken = torch.zeros(count, dtype=torch.long)
-    losses: list[list[float]] = [[] for _ in chunk]
-    noise = (
-        LazyNoise(chunk[0].plan.generator, noise_std, divisors, training.lr) if private else None
-    )
+    step_losses = torch.zeros(count, most)
     sgd = training.optimizer == "sgd"
-    for epoch in range(training.epochs):
-        epoch_losses: list[list[float]] = [[] for _ in chunk]
-        for k in range(chunk[0].plan.steps_per_epoch):
-            active = sum(item.plan.steps_per_epoch > k for item in chunk)
-            steps = [chunk[row].steps[epoch][k] for row in range(active)]
-            counts = torch.tensor([len(step_[0]) for step_ in steps])
-            rows = torch.repeat_interleave(torch.arange(active), counts)
-            candidates = torch.cat([step_[0] for step_ in steps])
-            examples = [
-                (
-                    rows,
-                    candidates,
-                    torch.cat([step_[1] for step_ in steps]),
-                    torch.cat([step_[2] for step_ in steps]),
-                )
-            ]
-            flat = torch.unique(rows.unsqueeze(1) * width + candidates)  # this step's rows
-            owner = flat // width
-            if noise is not None:
-                for index in user_side:
-                    grads[index][:active] = noise.per_user(grads[index][:active])
-                # The rows about to be read get the noise of the steps they sat out; this
-                # step's own noise on them is drawn at their next touch or at the end.
-                noise.catch_up(params, flat, owner, noised_to, taken)
-                divisor = divisors[:active]
-            else:
-                divisor = counts.to(torch.float32)
-            per_example_loss, rows = step.accumulate(examples)
+    for k in range(most):
+        active, lo, hi = actives[k], bounds[k], bounds[k + 1]
+        rows = ex_user[lo:hi]
+        flat = torch.unique(flat_slots[lo:hi])  # this step's slots
+        owner = flat // width
+        if noise is not None:
             for index in user_side:
-                grads[index][:active] /= divisor.view(-1, 1, 1)
-            row_divisor = divisor[owner].unsqueeze(1)
-            if sgd:  # only this step's rows move: a sparse step
-                for index in user_side:
-                    params[index][:active].add_(grads[index][:active], alpha=-training.lr)
-                for index in (1, 2):
-                    view = grads[index].view(count * width, -1)
-                    params[index].view(count * width, -1).index_add_(
-                        0, flat, (view[flat] / row_divisor).mul_(-training.lr)
-                    )
-                    view.index_fill_(0, flat, 0.0)
-            else:  # Adam (without DP): rows touched earlier keep moving on their moments
-                for index in (1, 2):
-                    view = grads[index].view(count * width, -1)
-                    view[flat] = view[flat] / row_divisor
-                optimizer.step(active)
-                for index in (1, 2):
-                    grads[index].view(count * width, -1).index_fill_(0, flat, 0.0)
-            for index in user_side:
-                grads[index].zero_()
-            taken[:active] += 1
-            sums = torch.zeros(active).index_add_(0, rows, per_example_loss)
-            sizes = torch.bincount(rows, minlength=active).clamp(min=1)
-            for row, value in enumerate((sums / sizes).tolist()):
-                epoch_losses[row].append(value)
-        for row in range(count):
-            losses[row].append(float(np.mean(epoch_losses[row])))
-    if noise is not None:  # every compact row's noise up to the user's last step
-        real = torch.cat(
-            [row * width + torch.arange(len(item.rows)) for row, item in enumerate(chunk)]
+                grads[index][:active] = noise.per_user(grads[index][:active])
+            # The slots about to be read get the noise of the steps they sat out; this step's
+            # own noise on them is drawn at their next touch or at the end.
+            noise.catch_up(params, flat, owner, noised_to, taken)
+            divisor = divisors[:active]
+        else:
+            divisor = batch_sizes[:active, k]
+        per_example_loss, rows = step.accumulate(
+            [(rows, positions[lo:hi], targets[lo:hi], weights[lo:hi])]
         )
-        noise.catch_up(params, real, real // width, noised_to, taken)
+        for index in user_side:
+            grads[index][:active] /= divisor.view(-1, 1, 1)
+        row_divisor = divisor[owner].unsqueeze(1)
+        if sgd:  # only this step's rows move: a sparse step
+            for index in user_side:
+                params[index][:active].add_(grads[index][:active], alpha=-training.lr)
+            for index in (1, 2):
+                view = grads[index].view(count * width, -1)
+                params[index].view(count * width, -1).index_add_(
+                    0, flat, (view[flat] / row_divisor).mul_(-training.lr)
+                )
+                view.index_fill_(0, flat, 0.0)
+        else:  # Adam (without DP): rows touched earlier keep moving on their moments
+            for index in (1, 2):
+                view = grads[index].view(count * width, -1)
+                view[flat] = view[flat] / row_divisor
+            optimizer.step(active)
+            for index in (1, 2):
+                grads[index].view(count * width, -1).index_fill_(0, flat, 0.0)
+        for index in user_side:
+            grads[index].zero_()
+        taken[:active] += 1
+        sums = torch.zeros(active).index_add_(0, rows, per_example_loss)
+        sizes = torch.bincount(rows, minlength=active).clamp(min=1)
+        step_losses[:active, k] = sums / sizes
+    if noise is not None and final_noise:  # every slot's noise up to the user's last step
+        noise.catch_up(params, real, slot_user, noised_to, taken)
     names = [*USER_SIDE[:1], *ITEM_SIDE[:2]] + ([USER_SIDE[1], ITEM_SIDE[2]] if explicit else [])
     by_name = dict(zip(names, params, strict=True))
-    items = {name: by_name[name] for name in received}
-    users = {name: by_name[name] for name in names if name in USER_SIDE}
-    steps = taken.tolist()
-    return _Trained(items, users, [float(np.mean(loss)) for loss in losses], steps)
+    return _Trained(
+        plans=plans,
+        items={name: by_name[name] for name in received},
+        users={name: by_name[name] for name in names if name in USER_SIDE},
+        gather=gather,
+        real=real,
+        slot_user=slot_user,
+        noised_to=noised_to,
+        taken=taken,
+        steps=taken.tolist(),
+        losses=_round_losses(step_losses, plans, training.epochs),
+        noise_scales=group.noise_scales(training.lr)[start:stop] if private else None,
+    )
+
+
+def _round_losses(step_losses: torch.Tensor, plans, epochs: int) -> list[float]:
+    """Each user's loss as the device reports it: the mean over epochs of each epoch's mean
+    step loss."""
+    table = step_losses.tolist()
+    losses = []
+    for row, plan in enumerate(plans):
+        size = plan.steps_per_epoch
+        per_epoch = [float(np.mean(table[row][e * size : (e + 1) * size])) for e in range(epochs)]
+        losses.append(float(np.mean(per_epoch)))
+    return losses

@@ -84,7 +84,7 @@ class ClosedFormStep:
         flat = rows.unsqueeze(1) * self.num_items + candidates  # [S, C] rows of the stacked table
         q = table.view(-1, dim)[flat]  # [S, C, d]
         b = biases.view(-1)[flat]  # [S, C]
-        scores = torch.einsum("sd,scd->sc", p, q) + b
+        scores = torch.bmm(q, p.unsqueeze(2)).squeeze(2) + b
         if self.explicit:
             user_bias = self.params[3].view(-1)[rows]
             scores = scores + user_bias.unsqueeze(1) + self.params[4].view(-1)[rows].unsqueeze(1)
@@ -96,38 +96,45 @@ class ClosedFormStep:
             )
             d_scores = torch.sigmoid(scores) - targets
         width = candidates.shape[1]
-        penalty = p.pow(2).sum(1) + q.pow(2).sum((1, 2)) + b.pow(2).sum(1)
-        if self.explicit:
-            penalty = penalty + user_bias.pow(2)
-        loss = (per_candidate.mean(1) + self.l2 * penalty) * weights
-        a = d_scores * (weights / width).unsqueeze(1)  # d loss / d score, [S, C]
         decay = 2 * self.l2 * weights  # d (l2 · penalty) / d parameter, per unit parameter
-        g_user = torch.einsum("sc,scd->sd", a, q) + decay.unsqueeze(1) * p
-        g_rows = a.unsqueeze(2) * p.unsqueeze(1) + decay.view(-1, 1, 1) * q  # per occurrence
-        g_bias = a + decay.unsqueeze(1) * b
+        a = d_scores * (weights / width).unsqueeze(1)  # d loss / d score, [S, C]
+        g_user = torch.bmm(a.unsqueeze(1), q).squeeze(1)
+        if self.l2 > 0:
+            penalty = p.pow(2).sum(1) + q.pow(2).sum((1, 2)) + b.pow(2).sum(1)
+            if self.explicit:
+                penalty = penalty + user_bias.pow(2)
+            loss = (per_candidate.mean(1) + self.l2 * penalty) * weights
+            g_user = g_user + decay.unsqueeze(1) * p
+        else:  # (the default) no decay terms: the row gradients are multiples of p
+            loss = per_candidate.mean(1) * weights
         if self.explicit:
             g_user_bias = a.sum(1) + decay * user_bias
             g_global = a.sum(1)
+        g_rows = g_bias = None  # per occurrence: [S, C, d] and [S, C]
         if self.max_grad_norm is not None:
             # Per-example norm of each parameter's gradient: an item drawn twice in one example
             # has one row whose gradient is the sum, as Opacus' embedding norm computes it.
             same = (candidates.unsqueeze(2) == candidates.unsqueeze(1)).float()
-            norm_rows = (torch.bmm(g_rows, g_rows.transpose(1, 2)) * same).sum((1, 2))
-            norm_bias = (g_bias.unsqueeze(2) * g_bias.unsqueeze(1) * same).sum((1, 2))
-            norms = [
-                g_user.pow(2).sum(1).sqrt(),
-                norm_rows.clamp(min=0).sqrt(),
-                norm_bias.clamp(min=0).sqrt(),
-            ]
+            if self.l2 > 0:
+                g_rows, g_bias = self._row_gradients(a, p, q, b, decay)
+                square_rows = (torch.bmm(g_rows, g_rows.transpose(1, 2)) * same).sum((1, 2))
+                square_bias = (g_bias.unsqueeze(2) * g_bias.unsqueeze(1) * same).sum((1, 2))
+            else:  # row c's gradient is a_c·p: Σ_cc' a_c a_c' [c ≡ c'] times |p|²
+                square_bias = (a.unsqueeze(2) * a.unsqueeze(1) * same).sum((1, 2))
+                square_rows = p.pow(2).sum(1) * square_bias
+            squares = g_user.pow(2).sum(1) + square_rows.clamp(min=0) + square_bias.clamp(min=0)
             if self.explicit:
-                norms += [g_user_bias.abs(), g_global.abs()]
-            total = torch.stack(norms).norm(2, dim=0)
-            coeff = (self.max_grad_norm / (total + _CLIP_EPS)).clamp(max=1.0)
+                squares = squares + g_user_bias.pow(2) + g_global.pow(2)
+            coeff = (self.max_grad_norm / (squares.sqrt() + _CLIP_EPS)).clamp(max=1.0)
             g_user = g_user * coeff.unsqueeze(1)
-            g_rows = g_rows * coeff.view(-1, 1, 1)
-            g_bias = g_bias * coeff.unsqueeze(1)
             if self.explicit:
                 g_user_bias, g_global = g_user_bias * coeff, g_global * coeff
+            if g_rows is not None:
+                g_rows, g_bias = g_rows * coeff.view(-1, 1, 1), g_bias * coeff.unsqueeze(1)
+            else:  # clip a, then form the rows' gradients once
+                a = a * coeff.unsqueeze(1)
+        if g_rows is None:
+            g_rows, g_bias = self._row_gradients(a, p, q, b, decay)
         grad_users, grad_table, grad_biases = self.grads[:3]
         grad_users.view(-1, dim).index_add_(0, rows, g_user)
         grad_table.view(-1, dim).index_add_(0, flat.reshape(-1), g_rows.reshape(-1, dim))
@@ -136,3 +143,12 @@ class ClosedFormStep:
             self.grads[3].view(-1).index_add_(0, rows, g_user_bias)
             self.grads[4].view(-1).index_add_(0, rows, g_global)
         return loss.detach(), rows
+
+    def _row_gradients(self, a, p, q, b, decay) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate row's embedding and bias gradient, per occurrence."""
+        if self.l2 == 0:
+            return a.unsqueeze(2) * p.unsqueeze(1), a
+        return (
+            a.unsqueeze(2) * p.unsqueeze(1) + decay.view(-1, 1, 1) * q,
+            a + decay.unsqueeze(1) * b,
+        )
