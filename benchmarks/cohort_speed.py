@@ -62,9 +62,11 @@ class TreeMemory:
     sampled every 0.5 s from /proc: ``peak_mb`` sums each process's RSS (pages two processes
     share, such as Ray's object store and the libraries, count once per process);
     ``peak_pss_mb`` sums their proportional set size (a shared page split between its
-    sharers), which adds up to the memory the tree really holds."""
+    sharers), which adds up to the memory the tree really holds. ``root`` is the tree's first
+    process (this one by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: int | None = None) -> None:
+        self.root = os.getpid() if root is None else root
         self.peak_mb = 0.0
         self.peak_pss_mb = 0.0
         self._stop = threading.Event()
@@ -80,7 +82,7 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            rss, pss = _tree_memory_mb(os.getpid())
+            rss, pss = _tree_memory_mb(self.root)
             self.peak_mb = max(self.peak_mb, rss)
             self.peak_pss_mb = max(self.peak_pss_mb, pss)
 

@@ -5,8 +5,9 @@ one on the ML-1M-shaped federation, and a federation of ML-20M's size, both with
    local epoch): a real Flower simulation on the cohort engine in which every user trains in
    every round, once with ``federation.trainer=closed_form`` (the dense per-step reference:
    every user's copy of the whole table, noise on every row at every step) and once with
-   ``federation.trainer=sparse``, in the same run. Seconds per round, client updates per
-   second end to end, peak resident memory of the whole process tree (driver and Ray workers).
+   ``federation.trainer=sparse``, in the same run, each as its own ``fedrec simulate``
+   process. Seconds per round, client updates per second end to end, peak memory of that
+   process tree (driver and Ray's processes).
    Then both engines in process on one thread (warm privacy curves) and a cProfile of the
    sparse one: what remains.
 2. ML-20M size (138,493 users, 26,744 items, ~20M interactions, seeded synthetic), the sparse
@@ -23,6 +24,7 @@ import csv
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +42,6 @@ from fedrec.jobs.simulate import (  # noqa: E402
     initial_item_arrays,
     prepare_federation,
     round_settings,
-    run_simulate,
 )
 from fedrec.training.closed_form.engine import train_cohort  # noqa: E402
 from fedrec.training.closed_form.sparse import train_cohort_sparse  # noqa: E402
@@ -66,12 +67,19 @@ PROFILE_GROUPS = {
 
 
 def flower_run(overrides: list[str]) -> dict:
-    """One simulation: per training round its seconds and updates per second; peak memory."""
+    """One ``fedrec simulate`` in a process of its own, as a user runs it (so a run's memory
+    does not include what an earlier run left in this process): per training round its seconds
+    and updates per second; peak memory of that process and its descendants (Ray included)."""
     cfg = compose("simulate", overrides)
-    with tempfile.TemporaryDirectory() as run_dir, TreeMemory() as memory:
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [sys.executable, "-m", "fedrec.cli", "simulate", *overrides]
         started = time.perf_counter()
-        final = run_simulate(cfg, run_dir)
+        process = subprocess.Popen([*command, f"hydra.run.dir={run_dir}"])
+        with TreeMemory(process.pid) as memory:
+            returncode = process.wait()
         wall = time.perf_counter() - started
+        if returncode:
+            raise RuntimeError(f"{' '.join(command)} exited with {returncode}")
         with open(Path(run_dir) / "metrics.csv") as handle:
             rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
@@ -88,7 +96,7 @@ def flower_run(overrides: list[str]) -> dict:
         "peak_mb": memory.peak_mb,
         "peak_pss_mb": memory.peak_pss_mb,
         "wall_s": wall,
-        "final": final,
+        "final": summary["final"],
         "epsilon_max": float(rows[-1]["epsilon_max"]),
         "replies_by_node": summary["ray"]["train_replies_by_node"],
     }
