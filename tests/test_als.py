@@ -7,6 +7,8 @@ federation and the server rule on the ML-100K-shaped synthetic log.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
+from fedrec.client import FedrecClient
 from fedrec.client.store import USER_ARRAYS
 from fedrec.config import compose
 from fedrec.config.algorithm import AlgorithmSpec
@@ -22,11 +25,18 @@ from fedrec.federation.als_rule import AlsRule, AlsServerPlan, noisy_sums, stati
 from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate
 from fedrec.jobs.tune import candidates, run_als_in_process
+from fedrec.model.spec import ModelSpec
 from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy import PrivacySpec
 from fedrec.privacy.als import AlsPrivacyPlan, plan_dp_als
 from fedrec.protocol.replies import NodeReply, UserOutcome
-from fedrec.protocol.settings import AlsSpec
+from fedrec.protocol.settings import (
+    AlsSpec,
+    RoundRefused,
+    RoundSettings,
+    parse_round_config,
+    round_config,
+)
 from fedrec.protocol.wire import ARRAYS_KEY
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
 from fedrec.training.als.trainer import als_round
@@ -405,9 +415,58 @@ def test_statistics_are_drawn_among_the_items_the_table_trains(ml100k_shaped_spl
         assert len(stats[ITEMS]) and not untrained[stats[ITEMS]].any()
 
 
+def test_a_round_without_item_grams_sends_none_and_the_server_holds_to_that(
+    ml100k_shaped_split, tmp_path
+):
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1, max_items=10, clip_norm=0.5, item_grams=False)
+    table, result = _honest(ml100k_shaped_split, spec)
+    lean = set(STATISTIC_NAMES) - {LHS}
+    assert set(result.update_sum) == lean
+    assert all(set(stats) == lean for stats in result.updates.values())
+    # the rest of the statistics are the same numbers as a round that sends the Grams
+    _, full = _honest(ml100k_shaped_split, dataclasses.replace(spec, item_grams=True))
+    for name in lean:
+        np.testing.assert_array_equal(result.update_sum[name], full.update_sum[name])
+
+    num_items = len(table["item_bias.weight"])
+    plan = AlsServerPlan(spec, privacy=AlsPrivacyPlan(0.5, 10, 1.0, 1e-5, item_grams=False))
+    check = dict(num_items=num_items, dim=8, users=1, plan=plan)
+    assert statistics_rejection(result.updates[0], **check) is None
+    # a Gram the round did not ask for is refused (it is data the server would discard)
+    assert "array names" in statistics_rejection(full.updates[0], **check)
+    asks_grams = AlsServerPlan(
+        dataclasses.replace(spec, item_grams=True), privacy=AlsPrivacyPlan(0.5, 10, 1.0, 1e-5)
+    )
+    assert "array names" in statistics_rejection(
+        result.updates[0], num_items=num_items, dim=8, users=1, plan=asks_grams
+    )
+
+    # the server's choice travels in the round config, and a bad value is refused
+    settings = RoundSettings(model=ModelSpec(8, 0.1), als=spec, algorithm="als", seed=0)
+    config = round_config(settings)
+    assert config["als.item_grams"] is False
+    assert parse_round_config(config).als.item_grams is False
+    with pytest.raises(RoundRefused, match="item_grams"):
+        parse_round_config({**config, "als.item_grams": "no"})
+
+    # the embeddable client's round: what leaves the device has no per-item Gram
+    with FedrecClient.open(tmp_path / "device.sqlite", num_items=num_items) as client:
+        train = ml100k_shaped_split.train
+        for step, item in enumerate(train.items[train.users == 0]):
+            client.record_interaction(int(item), category="view", timestamp=1e9 + step)
+        client.grant_consent(["view"])
+        update = client.train_round(
+            {k: v.astype(np.float32) for k, v in table.items()},
+            dataclasses.replace(settings, server_round=1),
+        )
+    assert set(update.item_update) == lean
+
+
 def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
     import json
 
+    audit = tmp_path / "replies"
+    audit.mkdir()
     overrides = [
         *SMALL,
         "federation.engine=cohort",
@@ -418,8 +477,17 @@ def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
         "algorithm.item_grams=false",
         "algorithm.frequent_fraction=0.5",
     ]
-    final = run_simulate(compose("simulate", overrides), tmp_path / "dp")
+    final = run_simulate(
+        compose("simulate", overrides), tmp_path / "dp", client_mods=[ReplyAudit(audit)]
+    )
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
+    # item_grams=false: the real replies carry no per-item Gram, and the server took them all
+    replies = [dict(np.load(path)) for path in sorted(audit.glob("*.npz"))]
+    assert replies and all(set(r) == set(STATISTIC_NAMES) - {LHS} for r in replies)
+    with open(tmp_path / "dp" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+    assert [float(r["rejected"]) for r in rows] == [0.0, 0.0]
+    assert all(float(r["accepted"]) == 12 for r in rows)
     reported = summary["user_level"]
     plan = plan_dp_als(
         clip_norm=1, max_items=10, delta=1e-5, rounds=2, target_epsilon=4, item_grams=False

@@ -57,4 +57,5 @@ class AlgorithmSpec:
             unobserved_weight=self.unobserved_weight,
             max_items=self.max_items,
             clip_norm=self.clip_norm,
+            item_grams=self.item_grams,
         )

@@ -4,7 +4,8 @@ Replies carry sums of users' ALS statistics (:mod:`fedrec.training.als.statistic
 table deltas. The rule keeps the classification of :class:`~fedrec.federation.rule.ServerRule`
 (every user's outcome in the round's record) and replaces what follows:
 
-1. **validate** each reply's statistics: the five names, shapes that fit the catalogue and the
+1. **validate** each reply's statistics: the names the round asked for (no ``als.lhs`` when
+   the server does not use per-item Grams), shapes that fit the catalogue and the
    round's dimension, sorted unique item ids inside the catalogue, finite values, a symmetric
    PSD global Gram, PSD ``A_j``, whole counts of at most one per user, and under DP the
    sensitivity bounds (Gram trace, count total, ‖A‖, ‖b‖) times the users summed. A bad reply
@@ -36,7 +37,7 @@ from fedrec.privacy.als import AlsPrivacyPlan, add_noise
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
 from fedrec.training.als.solve import project_psd, solve_items, symmetrize
-from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
+from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, statistic_names
 
 logger = logging.getLogger("fedrec.server")
 
@@ -53,13 +54,12 @@ class AlsServerPlan:
     spec: AlsSpec
     frequent_fraction: float = 1.0  # the share of items (by private count) the model trains
     privacy: AlsPrivacyPlan | None = None
-    item_grams: bool = True  # False: A_j ≈ n_j · G / N (the per-item Grams are not used)
     popularity_weight: float = 0.0  # a trained item's bias: this × its (private) count / the top
 
     def __post_init__(self) -> None:
         if not 0 < self.frequent_fraction <= 1:
             raise ValueError(f"frequent_fraction={self.frequent_fraction}; expected (0, 1]")
-        if self.privacy is not None and self.privacy.item_grams != self.item_grams:
+        if self.privacy is not None and self.privacy.item_grams != self.spec.item_grams:
             raise ValueError("the DP-ALS plan must account for exactly the sums the server uses")
 
 
@@ -118,7 +118,7 @@ class AlsRule(ServerRule):
             return None
         num_items, dim = current[EMBEDDING].shape
         lhs, rhs, counts, gram = _dense_sums(
-            accepted, num_items, dim, item_grams=self.plan.item_grams
+            accepted, num_items, dim, item_grams=self.plan.spec.item_grams
         )
         if private is not None:
             count_release = self.step.counts is None and private.count_release  # type: ignore[attr-defined]
@@ -143,7 +143,7 @@ class AlsRule(ServerRule):
         popularity = self.step.counts  # type: ignore[attr-defined]
         if popularity is None:  # DP-ALS without a count release trains every item
             popularity = np.zeros(num_items)
-        if self.plan.item_grams:
+        if self.plan.spec.item_grams:
             # noisy sums: post-processing; honest ones: a no-op; a crafted one cannot go indefinite
             lhs = project_psd(lhs)
         else:  # each item's users taken as a draw of average users
@@ -203,12 +203,13 @@ def statistics_rejection(
     arrays: Arrays, *, num_items: int, dim: int, users: int, plan: AlsServerPlan
 ) -> str | None:
     """Why a reply's summed statistics of ``users`` users must be refused, or None."""
-    if set(arrays) != set(STATISTIC_NAMES):
-        return f"array names {sorted(arrays)}; expected {sorted(STATISTIC_NAMES)}"
+    expected = statistic_names(plan.spec.item_grams)
+    if set(arrays) != set(expected):
+        return f"array names {sorted(arrays)}; expected {sorted(expected)}"
     items = np.asarray(arrays[ITEMS])
     k = len(items) if items.ndim == 1 else -1
     shapes = {ITEMS: (k,), LHS: (k, dim, dim), RHS: (k, dim), COUNTS: (k,), GRAM: (dim, dim)}
-    for name, shape in shapes.items():
+    for name, shape in ((n, shapes[n]) for n in expected):
         if tuple(np.shape(arrays[name])) != shape:
             return f"'{name}' has shape {tuple(np.shape(arrays[name]))}; expected {shape}"
         if not np.isfinite(np.asarray(arrays[name], dtype=np.float64)).all():
@@ -221,14 +222,14 @@ def statistics_rejection(
     ):
         return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
     gram = np.asarray(arrays[GRAM], dtype=np.float64)
-    lhs = np.asarray(arrays[LHS], dtype=np.float64)
+    lhs = np.asarray(arrays[LHS], dtype=np.float64) if LHS in arrays else None
     counts = np.asarray(arrays[COUNTS], dtype=np.float64)
     scale = 1.0 + float(np.abs(gram).max(initial=0.0))
     if np.abs(gram - gram.T).max(initial=0.0) > _TOLERANCE * scale:
         return f"'{GRAM}' is not symmetric"
     if np.linalg.eigvalsh(gram).min(initial=0.0) < -_TOLERANCE * scale:
         return f"'{GRAM}' is not positive semi-definite"
-    if k and not _plausibly_psd(lhs, _TOLERANCE * scale):
+    if k and lhs is not None and not _plausibly_psd(lhs, _TOLERANCE * scale):
         return f"an item's '{LHS}' is not positive semi-definite"
     if np.any(counts < 0) or np.any(counts != np.round(counts)) or np.any(counts > users):
         return f"'{COUNTS}' must be whole numbers in [0, {users}] (users summed)"
@@ -241,8 +242,9 @@ def statistics_rejection(
         (float(np.trace(gram)), users * clip**2, "the Gram's trace"),
         (float(counts.sum()), users * budget, "the item counts' total"),
         (float(np.linalg.norm(arrays[RHS])), users * math.sqrt(budget) * clip, "‖b‖"),
-        (float(np.linalg.norm(lhs)), users * math.sqrt(budget) * clip**2, "‖A‖"),
     )
+    if lhs is not None:
+        bounds += ((float(np.linalg.norm(lhs)), users * math.sqrt(budget) * clip**2, "‖A‖"),)
     for value, bound, name in bounds:
         if value > bound * slack:
             return f"{name} {value:.4g} exceeds what {users} bounded users can send ({bound:.4g})"

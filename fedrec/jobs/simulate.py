@@ -147,7 +147,6 @@ def als_server_plan(
         algorithm.als_spec(),
         frequent_fraction=algorithm.frequent_fraction,
         privacy=dp,
-        item_grams=algorithm.item_grams,
         popularity_weight=algorithm.popularity_weight,
     )
 

@@ -69,13 +69,16 @@ class AlsSpec:
     user's released statistics to that many of their items, drawn at random each round (their
     own factor is still solved from all of them); ``clip_norm`` (> 0) bounds the user factor's
     L2 norm before statistics are built. Both bound one user's contribution, as DP-ALS's
-    sensitivity analysis assumes; 0 means unbounded (no DP).
+    sensitivity analysis assumes; 0 means unbounded (no DP). ``item_grams`` false: the server
+    solves with ``A_j ≈ n_j · G / N`` and asks for no per-item Gram, so the device sends none
+    (data the server would discard does not leave the device).
     """
 
     reg: float = 3.0  # the shipped defaults (configs/algorithm/als.yaml), chosen on validation
     unobserved_weight: float = 0.3
     max_items: int = 0
     clip_norm: float = 0.0
+    item_grams: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.reg <= 1e6:
@@ -86,6 +89,8 @@ class AlsSpec:
             raise ValueError(f"als.max_items={self.max_items}; expected 0..1000000")
         if not self.clip_norm >= 0:
             raise ValueError(f"als.clip_norm={self.clip_norm}; expected >= 0")
+        if not isinstance(self.item_grams, bool):
+            raise ValueError(f"als.item_grams={self.item_grams!r}; expected true or false")
 
 
 @dataclass
@@ -179,8 +184,8 @@ def parse_round_config(config: dict[str, Any]) -> RoundSettings:
         raise RoundRefused(f"bad config: {err}") from None
 
 
-# key → (allowed values, meaning): the reference for app teams (docs/app-teams.md's table is
-# generated from it by docs/gen_round_config.py; a test checks it covers every key).
+# key → (allowed values, meaning): the reference for app teams (docs/app-teams.md holds
+# round_config_table() verbatim; tests/test_docs.py checks it, and that it covers every key).
 ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
     "model.embedding_dim": (f"1..{MAX_EMBEDDING_DIM}", "columns of the item table"),
     "model.init_std": ("(0, 10]", "std of a fresh user embedding (and of the server's table)"),
@@ -223,6 +228,7 @@ ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
     "als.unobserved_weight": (">= 0", "ALS weight α₀ pulling every unobserved score to 0"),
     "als.max_items": ("0..1000000; 0: all", "items whose statistics a user releases per round"),
     "als.clip_norm": (">= 0; 0: none", "L2 bound on the user factor before statistics are built"),
+    "als.item_grams": ("true, false", "send the per-item Grams als.lhs (false: none is used)"),
 }
 
 

@@ -10,6 +10,8 @@ contributions).
 
 On the wire the statistics are sparse, over the items the block touched: ``als.items`` (sorted
 ids), ``als.lhs`` [k, d, d], ``als.rhs`` [k, d], ``als.counts`` [k], and ``als.gram`` [d, d].
+``als.lhs`` only where the round asks for per-item Grams (``als.item_grams``): a server that
+solves with ``A_j ≈ n_j · G / N`` gets none, so ``u uᵀ`` per item never leaves the device.
 """
 
 from __future__ import annotations
@@ -23,24 +25,31 @@ ITEMS, LHS, RHS, COUNTS, GRAM = "als.items", "als.lhs", "als.rhs", "als.counts",
 STATISTIC_NAMES = (ITEMS, LHS, RHS, COUNTS, GRAM)
 
 
+def statistic_names(item_grams: bool) -> tuple[str, ...]:
+    """The arrays a reply carries: all five, or all but the per-item Grams."""
+    return STATISTIC_NAMES if item_grams else tuple(n for n in STATISTIC_NAMES if n != LHS)
+
+
 @dataclass
 class AlsStatistics:
     """Sums over some users, sparse over the items they touched (sorted, unique)."""
 
     items: np.ndarray
-    lhs: np.ndarray
+    lhs: np.ndarray | None  # None: the round asked for no per-item Grams
     rhs: np.ndarray
     counts: np.ndarray
     gram: np.ndarray
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             ITEMS: self.items.astype(np.int64),
-            LHS: self.lhs.astype(np.float32),
             RHS: self.rhs.astype(np.float32),
             COUNTS: self.counts.astype(np.float32),
             GRAM: self.gram.astype(np.float32),
         }
+        if self.lhs is not None:
+            arrays[LHS] = self.lhs.astype(np.float32)
+        return arrays
 
 
 def clip_factors(factors: np.ndarray, clip_norm: float) -> np.ndarray:
@@ -62,9 +71,11 @@ def released_items(items: np.ndarray, max_items: int, rng: np.random.Generator) 
     return np.sort(rng.choice(unique, size=max_items, replace=False))
 
 
-def statistics_of(factors: np.ndarray, item_lists: Sequence[np.ndarray]) -> AlsStatistics:
+def statistics_of(
+    factors: np.ndarray, item_lists: Sequence[np.ndarray], *, item_grams: bool = True
+) -> AlsStatistics:
     """The sums over users (row ``i`` of ``factors`` released ``item_lists[i]``, already bounded
-    and clipped)."""
+    and clipped); the per-item Grams only with ``item_grams``."""
     factors = np.asarray(factors, dtype=np.float64)
     dim = factors.shape[1]
     if len(item_lists) == 1:  # one user: every drawn item gets the same u uᵀ and u
@@ -72,7 +83,7 @@ def statistics_of(factors: np.ndarray, item_lists: Sequence[np.ndarray]) -> AlsS
         outer = np.outer(factors[0], factors[0])
         return AlsStatistics(
             items,
-            np.broadcast_to(outer, (len(items), dim, dim)),
+            np.broadcast_to(outer, (len(items), dim, dim)) if item_grams else None,
             np.broadcast_to(factors[0], (len(items), dim)),
             np.ones(len(items)),
             outer,
@@ -86,10 +97,11 @@ def statistics_of(factors: np.ndarray, item_lists: Sequence[np.ndarray]) -> AlsS
     order = np.argsort(pairs, kind="stable")
     pairs, users = pairs[order], users[order]
     items, starts, counts = np.unique(pairs, return_index=True, return_counts=True)
-    lhs = np.empty((len(items), dim, dim))
+    lhs = np.empty((len(items), dim, dim)) if item_grams else None
     rhs = np.empty((len(items), dim))
     for row, (start, count) in enumerate(zip(starts, counts, strict=True)):
         touching = factors[users[start : start + count]]
-        lhs[row] = touching.T @ touching
+        if lhs is not None:
+            lhs[row] = touching.T @ touching
         rhs[row] = touching.sum(axis=0)
     return AlsStatistics(items, lhs, rhs, counts.astype(np.float64), factors.T @ factors)

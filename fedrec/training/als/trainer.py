@@ -90,10 +90,12 @@ def als_round(
         )
         outcomes.append(MemberOutcome(member.key, "trained", state, loss, 1, 0.0))
         if keep_updates:
-            updates[member.key] = statistics_of(released[row : row + 1], chosen[row : row + 1])
+            updates[member.key] = statistics_of(
+                released[row : row + 1], chosen[row : row + 1], item_grams=spec.item_grams
+            )
     order = {m.key: i for i, m in enumerate(members)}
     outcomes.sort(key=lambda o: order[o.key])
-    total = statistics_of(released, chosen)
+    total = statistics_of(released, chosen, item_grams=spec.item_grams)
     return CohortRound(
         total.to_arrays(),
         float(len(trainable)),
