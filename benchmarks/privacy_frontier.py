@@ -187,7 +187,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
     dp_grid = {
         "embedding_dim": [8, 16],
         "frequent_fraction": [0.05, 0.1],
-        "popularity_weight": [0.0, 3.0, 30.0],
+        "popularity_weight": [0.0, 3.0, 20.0],  # at most MAX_POPULARITY_WEIGHT (22)
         "count_noise_scale": [0.5, 1.0],
     }
     if args.quick:

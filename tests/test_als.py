@@ -21,7 +21,13 @@ from fedrec.client import FedrecClient
 from fedrec.client.store import USER_ARRAYS
 from fedrec.config import compose
 from fedrec.config.algorithm import AlgorithmSpec
-from fedrec.federation.als_rule import AlsRule, AlsServerPlan, noisy_sums, statistics_rejection
+from fedrec.federation.als_rule import (
+    MAX_POPULARITY_WEIGHT,
+    AlsRule,
+    AlsServerPlan,
+    noisy_sums,
+    statistics_rejection,
+)
 from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate
 from fedrec.jobs.tune import candidates, run_als_in_process
@@ -41,6 +47,7 @@ from fedrec.protocol.wire import ARRAYS_KEY
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
 from fedrec.training.als.trainer import als_round
 from fedrec.training.state import CohortMember, DeviceState
+from fedrec.training.table_check import check_item_table
 
 SMALL = [
     "algorithm=als",
@@ -314,6 +321,23 @@ def test_bad_statistics_are_refused_and_counted(ml100k_shaped_split):
     assert updated is not None and np.isfinite(updated["item_embedding.weight"]).all()
 
 
+def test_the_popularity_prior_stays_within_what_devices_accept(ml100k_shaped_split):
+    # A popularity weight of 30 once made every device refuse round 2's table as crafted (its
+    # top bias 32 above the median): the plan now refuses such a weight, and the largest it
+    # accepts yields a table the devices' own check passes.
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1)
+    with pytest.raises(ValueError, match="table check would refuse"):
+        AlsServerPlan(spec, frequent_fraction=0.05, popularity_weight=30.0)
+    table, result = _honest(ml100k_shaped_split, spec)
+    plan = AlsServerPlan(spec, frequent_fraction=0.05, popularity_weight=MAX_POPULARITY_WEIGHT)
+    rule = AlsRule(plan, rounds=1, min_replies=1, seed=0)
+    replies = [_reply(k, update) for k, update in result.updates.items()]
+    updated = rule.apply(1, table, replies, RoundRecord(server_round=1, sampled=len(replies)))
+    assert updated is not None
+    assert float(np.max(updated["item_bias.weight"])) == pytest.approx(MAX_POPULARITY_WEIGHT)
+    check_item_table(updated)  # raises ImplausibleTable if the devices would refuse it
+
+
 def test_config_rules_refuse_what_als_cannot_do(tmp_path):
     for overrides, phrase in (
         (["privacy=record"], "user-level DP on the aggregate"),
@@ -321,6 +345,7 @@ def test_config_rules_refuse_what_als_cannot_do(tmp_path):
         (["dataset=ml100k_explicit"], "implicit"),
         (["secure_aggregation=secaggplus"], "not implemented"),
         (["strategy=fedadam"], "strategy=fedavg"),
+        (["algorithm.popularity_weight=30"], "table check would refuse"),
     ):
         with pytest.raises(ValueError, match=phrase):
             run_simulate(compose("simulate", [*SMALL, *overrides]), tmp_path / "refused")

@@ -38,12 +38,17 @@ from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
 from fedrec.training.als.solve import project_psd, solve_items, symmetrize
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, statistic_names
+from fedrec.training.table_check import TableLimits
 
 logger = logging.getLogger("fedrec.server")
 
 Arrays = dict[str, np.ndarray]
 EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
 UNTRAINED_BIAS = -2.0  # below any trained item's score (|⟨u, v⟩| stays ~1 with targets 1)
+# The top item's bias is popularity_weight; the median bias is no lower than UNTRAINED_BIAS. The
+# devices' table check (fedrec.training.table_check) refuses a bias further above the median
+# than max_bias_above_median, so a larger weight would make every device refuse the table.
+MAX_POPULARITY_WEIGHT = TableLimits().max_bias_above_median + UNTRAINED_BIAS - 1.0
 _TOLERANCE = 1e-3
 
 
@@ -59,6 +64,13 @@ class AlsServerPlan:
     def __post_init__(self) -> None:
         if not 0 < self.frequent_fraction <= 1:
             raise ValueError(f"frequent_fraction={self.frequent_fraction}; expected (0, 1]")
+        if not 0 <= self.popularity_weight <= MAX_POPULARITY_WEIGHT:
+            raise ValueError(
+                f"algorithm.popularity_weight={self.popularity_weight}; expected 0.."
+                f"{MAX_POPULARITY_WEIGHT:g}: the top item's bias would lie more than "
+                f"{TableLimits().max_bias_above_median:g} above the median bias, and every "
+                "device's table check would refuse the table as crafted"
+            )
         if self.privacy is not None and self.privacy.item_grams != self.spec.item_grams:
             raise ValueError("the DP-ALS plan must account for exactly the sums the server uses")
 
