@@ -59,11 +59,14 @@ RULES: list[Rule] = [
         ),
     ),
     (
-        lambda c: c.secure_aggregation.enabled and c.privacy.user_level,
+        lambda c: (
+            c.secure_aggregation.enabled and c.privacy.user_level and c.algorithm.name != "als"
+        ),
         lambda c: (
             _SECAGG + f"privacy.mode none or record, not '{c.privacy.mode}': user-level "
             "DP clips each update at the server, which SecAgg+ hides from it (device-side clipping "
-            "with noise on the sum is not implemented)"
+            "with noise on the sum is not implemented; DP-ALS, whose devices bound their own "
+            "statistics, runs on SecAgg+)"
         ),
     ),
     (
@@ -133,11 +136,29 @@ RULES: list[Rule] = [
         ),
     ),
     (
-        lambda c: c.algorithm.name == "als" and c.secure_aggregation.enabled,
         lambda c: (
-            "algorithm=als with secure_aggregation=secaggplus is not implemented: SecAgg+ sums "
-            "fixed-shape vectors, and dense per-item Gram sums (items × dim² values per user) "
-            "are too large to mask; use a cohort engine (each node sends its block's sum)"
+            c.algorithm.name == "als" and c.secure_aggregation.enabled and c.algorithm.item_grams
+        ),
+        lambda c: (
+            _SECAGG + "algorithm.item_grams=false with algorithm=als: SecAgg+ masks "
+            "fixed-shape vectors, and dense per-item Grams are items × dim² values per user"
+        ),
+    ),
+    (
+        lambda c: (
+            c.algorithm.name == "als"
+            and c.secure_aggregation.enabled
+            and not (
+                0 < c.algorithm.clip_norm**2 <= c.secure_aggregation.clipping_range
+                and c.secure_aggregation.clipping_range >= 1
+            )
+        ),
+        lambda c: (
+            _SECAGG + "algorithm.clip_norm in (0, √clipping_range] and clipping_range >= 1 "
+            "with algorithm=als: the masked statistics (counts of 0 or 1, factor entries up to "
+            "clip_norm, Gram entries up to clip_norm²) must fit in ±clipping_range (got "
+            f"clip_norm={c.algorithm.clip_norm}, "
+            f"clipping_range={c.secure_aggregation.clipping_range})"
         ),
     ),
     (

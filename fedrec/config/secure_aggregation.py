@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 SECURE_AGGREGATIONS = ("none", "secaggplus")
 SERVER_SAW = "the unmasked weighted mean of each round's updates only (SecAgg+), never one update"
+SERVER_SAW_ALS = (
+    "the unmasked sum of each round's ALS statistics only (SecAgg+), never one device's"
+)
 
 
 @dataclass

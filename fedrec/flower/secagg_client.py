@@ -12,6 +12,10 @@ Deprecated or legacy pieces this path is forced to use, and why: ``flwr.client.m
 (there is no ``flwr.clientapp.mod`` SecAgg+ mod), and the legacy ``FitRes``/``EvaluateRes``/
 ``Status`` types with ``flwr.compat``'s record conversions (the mod reads the reply in that form).
 
+Federated ALS (``algorithm=als``) sends its statistics instead of an item update, spread over
+the whole catalogue (:func:`~fedrec.training.als.statistics.dense_statistics`), since SecAgg+
+masks fixed-shape vectors.
+
 What leaves the device: the item update *masked* (quantized to integers in
 ``[0, quantization_range)`` after clipping to ``±clipping_range``, plus pairwise and private masks
 modulo ``modulus_range``), and the scalar metrics in the clear (loss, ε, the declined/refused flags,
@@ -38,6 +42,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
 from fedrec.protocol.wire import NUM_EXAMPLES, ROUND_REFUSED
+from fedrec.training.als.statistics import SECURE_NAMES, dense_statistics
+
+ITEM_TABLE = "item_embedding.weight"
 
 # The legacy Parameters are an unnamed list: the server names them, in order, under this key of
 # the round config (taken out before the device parses the rest).
@@ -87,8 +94,12 @@ def legacy_train_reply(msg: Message, context: Context, answer: Answer) -> Messag
         config, received, names = request
         update, metrics = answer(config, received)
         if update is None:  # declined/refused/no budget: take part with weight 0
-            update = {name: np.zeros_like(value) for name, value in received.items()}
             metrics[NUM_EXAMPLES] = 0
+        if config.get("algorithm") == "als":  # the statistics, dense over the catalogue
+            num_items, dim = np.shape(received[ITEM_TABLE])
+            update, names = dense_statistics(update, num_items, dim), list(SECURE_NAMES)
+        elif update is None:
+            update = {name: np.zeros_like(value) for name, value in received.items()}
         update_list = [np.asarray(update[name]) for name in names]
         clip = _clipping_range(context)
         if clip is not None:

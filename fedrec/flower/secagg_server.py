@@ -8,8 +8,10 @@ the new ``flwr.serverapp.strategy`` strategies fail inside it (../shared/STACK.m
 round it hands the workflow the round's devices and request (``configure_fit``), runs the four
 SecAgg+ stages, and turns what ``aggregate_fit`` receives into node replies for the one server
 rule (:class:`~fedrec.federation.rule.ServerRule`): one reply holding the unmasked mean of the
-trained devices' updates, and each device's outcome from its clear metrics. Discovery and
-evaluation are plain requests (``secaggplus_mod`` lets every non-training message through).
+trained devices' updates, and each device's outcome from its clear metrics. For federated ALS
+the devices mask their statistics, dense over the catalogue, and the reply holds their sums.
+Discovery and evaluation are plain requests (``secaggplus_mod`` lets every non-training
+message through).
 
 What the server sees per device: masked integers (uniform modulo ``modulus_range``) and the scalar
 metrics in the clear (loss, ε, flags, ``num-examples``). After unmasking it has only the
@@ -42,6 +44,7 @@ from fedrec.config.secure_aggregation import SecureAggregationSpec
 from fedrec.flower.secagg_client import ARRAY_NAMES_KEY, CLIPPED_VALUES
 from fedrec.flower.transport import FlowerTransport
 from fedrec.protocol.replies import NodeReply, UserOutcome, decode_user_reply
+from fedrec.training.als.statistics import SECURE_NAMES, sums_from_secure_mean
 
 logger = logging.getLogger("fedrec.server")
 
@@ -147,6 +150,14 @@ class SecAggTransport(FlowerTransport):
             )
         if trained:
             mean = parameters_to_ndarrays(results[0][1].parameters)
+            if config.get("algorithm") == "als":  # the users' statistics: their sums
+                released = sums_from_secure_mean(
+                    dict(zip(SECURE_NAMES, mean, strict=False)), len(trained)
+                )
+                replies.append(
+                    NodeReply("secagg+", trained, released, float(len(trained)), summed=True)
+                )
+                return replies
             released = {
                 name: np.asarray(value).astype(np.asarray(arrays[name]).dtype, copy=False)
                 if np.shape(value) == np.shape(arrays[name])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fedrec.config.secure_aggregation import SERVER_SAW
+from fedrec.config.secure_aggregation import SERVER_SAW, SERVER_SAW_ALS
 from fedrec.config.simulate import SimulateJobConfig
 from fedrec.data import Split
 from fedrec.federation.loop import FederationPlan
@@ -138,7 +138,7 @@ def simulate_summary(
             "secure_aggregation": (
                 {
                     **dataclasses.asdict(secagg),
-                    "server_saw": SERVER_SAW,
+                    "server_saw": SERVER_SAW_ALS if cfg.algorithm.name == "als" else SERVER_SAW,
                     "quantization_step": secagg.quantization_step,
                     "clipped_values": sum(row.get("secagg_clipped_values", 0) for row in rows),
                 }

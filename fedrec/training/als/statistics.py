@@ -12,6 +12,11 @@ On the wire the statistics are sparse, over the items the block touched: ``als.i
 ids), ``als.lhs`` [k, d, d], ``als.rhs`` [k, d], ``als.counts`` [k], and ``als.gram`` [d, d].
 ``als.lhs`` only where the round asks for per-item Grams (``als.item_grams``): a server that
 solves with ``A_j ≈ n_j · G / N`` gets none, so ``u uᵀ`` per item never leaves the device.
+
+Under secure aggregation (SecAgg+ masks fixed-shape vectors and the server learns only their
+mean) a device sends the same statistics densely over the whole catalogue
+(:data:`SECURE_NAMES`: counts [items], Gram [d, d], right-hand sides [items, d]; no per-item
+Grams) and :func:`sums_from_secure_mean` turns the round's mean back into sums.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import numpy as np
 
 ITEMS, LHS, RHS, COUNTS, GRAM = "als.items", "als.lhs", "als.rhs", "als.counts", "als.gram"
 STATISTIC_NAMES = (ITEMS, LHS, RHS, COUNTS, GRAM)
+
+
+SECURE_NAMES = (COUNTS, GRAM, RHS)  # the dense arrays a device masks for SecAgg+, in order
 
 
 def statistic_names(item_grams: bool) -> tuple[str, ...]:
@@ -105,3 +113,36 @@ def statistics_of(
             lhs[row] = touching.T @ touching
         rhs[row] = touching.sum(axis=0)
     return AlsStatistics(items, lhs, rhs, counts.astype(np.float64), factors.T @ factors)
+
+
+def dense_statistics(
+    arrays: dict[str, np.ndarray] | None, num_items: int, dim: int
+) -> dict[str, np.ndarray]:
+    """One reply's sparse statistics spread over the whole catalogue (:data:`SECURE_NAMES`);
+    None (the device did not train): zeros of the same shapes, so the secure sum stays well
+    formed."""
+    dense = {
+        COUNTS: np.zeros(num_items, np.float32),
+        GRAM: np.zeros((dim, dim), np.float32),
+        RHS: np.zeros((num_items, dim), np.float32),
+    }
+    if arrays is not None:
+        items = np.asarray(arrays[ITEMS], dtype=np.int64)
+        dense[COUNTS][items] = arrays[COUNTS]
+        dense[RHS][items] = arrays[RHS]
+        dense[GRAM][:] = arrays[GRAM]
+    return dense
+
+
+def sums_from_secure_mean(mean: dict[str, np.ndarray], users: int) -> dict[str, np.ndarray]:
+    """The sparse sums of ``users`` users from the mean SecAgg+ released (weight 1 each): the
+    counts rounded to whole numbers (the mean was quantized) and the Gram symmetrised; every
+    item is listed, so the server's checks and solve read it as any node's sums."""
+    counts = np.rint(np.asarray(mean[COUNTS], np.float64).reshape(-1) * users)
+    gram = np.asarray(mean[GRAM], np.float64) * users
+    return {
+        ITEMS: np.arange(len(counts), dtype=np.int64),
+        COUNTS: counts,
+        GRAM: (gram + gram.T) / 2,
+        RHS: np.asarray(mean[RHS], np.float64) * users,
+    }
