@@ -33,7 +33,10 @@ BASE = [
     "federation.local.epochs=1",
     "federation.ray_cpus=2",
     "federation.state_store=false",  # device state in Flower's Context: fewer moving parts
-    "federation.timeout_s=60",
+    # No round here waits for it (a dropout answers at once): it only bounds a stage whose
+    # devices are slow. Solving σ for a budget took one device past 60 s in stage 2 while the
+    # 2 cores ran another job beside the suite; 180 s leaves room for that.
+    "federation.timeout_s=180",
     "model.embedding_dim=8",
     f"strategy.server_lr={SERVER_LR}",
     "faults.dropout_rate=0.2",
