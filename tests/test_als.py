@@ -76,6 +76,12 @@ class ReplyAudit:
         return reply
 
 
+def _training_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows of the training rounds (round 0 is the untrained baseline)."""
+    with open(run_dir / "metrics.csv") as handle:
+        return [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+
+
 def _table(run_dir: Path) -> dict[str, np.ndarray]:
     with np.load(run_dir / "item_table.npz") as table:
         return {name: table[name] for name in table.files}
@@ -156,8 +162,7 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     # round, each a training message, for 12 devices and 2 rounds)
     clear = [int(path.read_text()) for path in wire.glob("*.txt")]
     assert len(clear) == 4 * 12 * 2 and not any(clear)
-    with open(secure / "metrics.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+    rows = _training_rows(secure)
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
     assert all(float(r["rejected"]) == 0 for r in rows)
     # the same table as the plain run, to the quantization of SecAgg+ (2 / 2²² per value)
@@ -174,8 +179,7 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     final = run_simulate(
         compose("simulate", [*bounded, *dp, "secure_aggregation=secaggplus"]), private
     )
-    with open(private / "metrics.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+    rows = _training_rows(private)
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
     assert 0 < final["user_level_epsilon"] <= 4.01
 
@@ -568,8 +572,7 @@ def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
     # item_grams=false: the real replies carry no per-item Gram, and the server took them all
     replies = [dict(np.load(path)) for path in sorted(audit.glob("*.npz"))]
     assert replies and all(set(r) == set(STATISTIC_NAMES) - {LHS} for r in replies)
-    with open(tmp_path / "dp" / "metrics.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+    rows = _training_rows(tmp_path / "dp")
     assert [float(r["rejected"]) for r in rows] == [0.0, 0.0]
     assert all(float(r["accepted"]) == 12 for r in rows)
     reported = summary["user_level"]

@@ -43,8 +43,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedrec.protocol.wire import NUM_EXAMPLES, ROUND_REFUSED
 from fedrec.training.als.statistics import SECURE_NAMES, dense_statistics
-
-ITEM_TABLE = "item_embedding.weight"
+from fedrec.training.als.trainer import EMBEDDING
 
 # The legacy Parameters are an unnamed list: the server names them, in order, under this key of
 # the round config (taken out before the device parses the rest).
@@ -96,7 +95,7 @@ def legacy_train_reply(msg: Message, context: Context, answer: Answer) -> Messag
         if update is None:  # declined/refused/no budget: take part with weight 0
             metrics[NUM_EXAMPLES] = 0
         if config.get("algorithm") == "als":  # the statistics, dense over the catalogue
-            num_items, dim = np.shape(received[ITEM_TABLE])
+            num_items, dim = np.shape(received[EMBEDDING])
             update, names = dense_statistics(update, num_items, dim), list(SECURE_NAMES)
         elif update is None:
             update = {name: np.zeros_like(value) for name, value in received.items()}
