@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -34,7 +35,13 @@ from fedrec.jobs.tune import candidates, run_als_in_process
 from fedrec.model.spec import ModelSpec
 from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy import PrivacySpec
-from fedrec.privacy.als import AlsPrivacyPlan, plan_dp_als
+from fedrec.privacy.als import (
+    AlsPrivacyPlan,
+    noise_share,
+    noise_stds,
+    plan_dp_als,
+    topup_fraction,
+)
 from fedrec.protocol.replies import NodeReply, UserOutcome
 from fedrec.protocol.settings import (
     AlsSpec,
@@ -147,7 +154,12 @@ class ClearBytes:
 
 
 def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
-    bounded = [*SMALL, "algorithm.item_grams=false", "algorithm.clip_norm=1"]
+    bounded = [
+        *SMALL,
+        "algorithm.item_grams=false",
+        "algorithm.clip_norm=1",
+        "algorithm.max_items=10",
+    ]
     plain = tmp_path / "plain"
     run_simulate(compose("simulate", bounded), plain)
     secure = tmp_path / "secagg"
@@ -182,6 +194,69 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     rows = _training_rows(private)
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
     assert 0 < final["user_level_epsilon"] <= 4.01
+
+    # Distributed DP-ALS: the devices add the noise. t = ⌈0.9 · 12⌉ = 11 shares suffice, and the
+    # other 11 shares in each round's sum cover every user, so the server adds none: the table
+    # still moves far beyond SecAgg+'s quantization from the same run with (almost) no noise
+    # (z = 1e-6), by the shares alone.
+    shared = [
+        *bounded,
+        "privacy=user",
+        "secure_aggregation=secaggplus",
+        "secure_aggregation.clipping_range=20",
+        "algorithm.noise_shares=0.9",
+    ]
+    quiet = tmp_path / "quiet"
+    run_simulate(compose("simulate", [*shared, "privacy.user_noise_multiplier=1e-6"]), quiet)
+    shared.append("privacy.user_target_epsilon=4")
+    distributed = tmp_path / "distributed"
+    final = run_simulate(compose("simulate", shared), distributed)
+    rows = _training_rows(distributed)
+    assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
+    assert [float(r["server_noise_fraction"]) for r in rows] == [0.0, 0.0]
+    noisy, still = (
+        _table(distributed)["item_embedding.weight"],
+        _table(quiet)["item_embedding.weight"],
+    )
+    assert np.abs(noisy - still).max() > 100 * 1e-4
+    assert 0 < final["user_level_epsilon"] <= 4.01
+    assert final["server_view_epsilon"] == pytest.approx(final["user_level_epsilon"])
+    summary = json.loads((distributed / "summary.json").read_text())
+    assert "distributed DP-ALS" in summary["privacy"]["guarantee"]
+    assert summary["user_level"]["noise_shares"] == 11
+    assert "noise shares" in summary["secure_aggregation"]["server_saw"]
+    assert summary["secure_aggregation"]["clipped_values"] == 0
+
+    # Two devices drop out of round 1 (fault seed 53) with t = 12: the sum holds 10 shares, so a
+    # user is covered by 9 of the 12 the noise needs. The server tops up the missing quarter of
+    # the variance (the model keeps its ε) and charges what it saw itself to its own ε.
+    dropped = tmp_path / "dropped"
+    final = run_simulate(
+        compose(
+            "simulate",
+            [
+                *shared,
+                "algorithm.noise_shares=1.0",  # overrides 0.9
+                "faults.dropout_rate=0.2",
+                "faults.seed=53",
+                "faults.dropout_after_training=0",
+            ],
+        ),
+        dropped,
+    )
+    rows = _training_rows(dropped)
+    assert [float(r["accepted"]) for r in rows] == [10.0, 12.0]
+    fractions = [float(r["server_noise_fraction"]) for r in rows]
+    assert fractions == pytest.approx([1 - 9 / 12, 1 - 11 / 12])
+    z = json.loads((dropped / "summary.json").read_text())["user_level"]["noise_multiplier"]
+    fresh = RDPAccountant()
+    for ratio, counts in ((9 / 12, True), (11 / 12, False)):
+        zr = z * math.sqrt(ratio)
+        for multiplier in (4.0 * zr, zr, *([zr] if counts else [])):
+            fresh.step(noise_multiplier=multiplier, sample_rate=1.0)
+    assert final["server_view_epsilon"] == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+    assert final["server_view_epsilon"] > final["user_level_epsilon"]
+    assert final["user_level_epsilon"] <= 4.01
 
 
 def _members(split, count: int, seed: int = 0) -> list[CohortMember]:
@@ -409,6 +484,19 @@ def test_config_rules_refuse_what_als_cannot_do(tmp_path):
         (["secure_aggregation=secaggplus", "algorithm.item_grams=false"], "clip_norm in"),
         (["strategy=fedadam"], "strategy=fedavg"),
         (["algorithm.popularity_weight=30"], "table check would refuse"),
+        (["algorithm.noise_shares=0.5"], "distributed DP"),
+        (
+            [
+                "secure_aggregation=secaggplus",
+                "algorithm.item_grams=false",
+                "algorithm.clip_norm=1",
+                "algorithm.max_items=10",
+                "privacy=user",
+                "privacy.user_target_epsilon=4",
+                "algorithm.noise_shares=0.5",
+            ],
+            "would clip the devices' noise shares",
+        ),
     ):
         with pytest.raises(ValueError, match=phrase):
             run_simulate(compose("simulate", [*SMALL, *overrides]), tmp_path / "refused")
@@ -551,7 +639,6 @@ def test_a_round_without_item_grams_sends_none_and_the_server_holds_to_that(
 
 
 def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
-    import json
 
     audit = tmp_path / "replies"
     audit.mkdir()
@@ -587,3 +674,88 @@ def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
         and reported["epsilon"] <= 4.01
     )
     assert "DP-ALS" in summary["privacy"]["guarantee"]
+
+
+def test_device_noise_shares_add_up_to_the_stated_noise():
+    spec = AlsSpec(
+        max_items=30,
+        clip_norm=0.7,
+        item_grams=False,
+        noise_shares=8,
+        noise_multiplier=1.3,
+        count_noise_scale=0.5,
+    )
+    items, dim = 400, 16
+    zeros = {
+        COUNTS: np.zeros(items, np.float32),
+        GRAM: np.zeros((dim, dim), np.float32),
+        RHS: np.zeros((items, dim), np.float32),
+    }
+    stds = noise_stds(1.3, 0.7, 30, spec.gram_noise_scale, 0.5)
+    rng = np.random.default_rng(3)
+    shares = [noise_share(zeros, spec, rng) for _ in range(8)]
+    one = shares[0]
+    assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in zeros.items()}
+    assert one[RHS].std() == pytest.approx(stds["rhs"] / math.sqrt(8), rel=0.03)
+    total = {name: sum(share[name].astype(np.float64) for share in shares) for name in zeros}
+    assert total[RHS].std() == pytest.approx(stds["rhs"], rel=0.03)
+    assert total[COUNTS].std() == pytest.approx(stds["counts"], rel=0.1)
+    assert total[GRAM].std() == pytest.approx(stds["gram"], rel=0.15)
+    # a round that releases no counts sends none, noisy or not
+    quiet = noise_share(
+        {**zeros, COUNTS: np.ones(items, np.float32)},
+        dataclasses.replace(spec, release_counts=False),
+    )
+    assert not quiet[COUNTS].any()
+    # without a generator the share comes from fresh entropy: the run's seed does not draw it
+    assert not np.array_equal(noise_share(zeros, spec)[RHS], noise_share(zeros, spec)[RHS])
+    with pytest.raises(ValueError, match="no noise shares"):
+        noise_share(zeros, dataclasses.replace(spec, noise_shares=0))
+    with pytest.raises(ValueError, match="noise_shares > 0"):
+        AlsSpec(noise_shares=4, max_items=10)  # no clip: a share could not be sized
+
+
+def test_the_server_tops_up_missing_shares_and_accounts_for_what_it_saw(ml100k_shaped_split):
+    assert [topup_fraction(s, 8) for s in (0, 1, 5, 9, 20)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert topup_fraction(30, 0) == 1.0  # central DP-ALS: the server adds it all
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1, max_items=10, clip_norm=0.5, item_grams=False)
+    table, result = _honest(ml100k_shaped_split, spec)
+    private = AlsPrivacyPlan(0.5, 10, 1.0, 1e-5, item_grams=False, noise_shares=8)
+    rule = AlsRule(AlsServerPlan(spec, privacy=private), rounds=2, min_replies=1, seed=0)
+    assert rule.round_config(1, {"seed": 0})["als.release_counts"] is True
+    # what SecAgg+ hands the server: one noisy sum over the catalogue, fractional counts and an
+    # indefinite Gram included; only its form can be checked, and it is accepted
+    dense = {
+        ITEMS: np.arange(len(table["item_bias.weight"])),
+        COUNTS: np.full(len(table["item_bias.weight"]), 0.4),
+        GRAM: -np.eye(8),
+        RHS: np.zeros((len(table["item_bias.weight"]), 8)),
+    }
+    secure = NodeReply(
+        "secagg+", [UserOutcome(u, "trained") for u in range(5)], dense, 5.0, summed=True
+    )
+    first = RoundRecord(server_round=1, sampled=5)
+    assert rule.apply(1, table, [secure], first) is not None
+    assert first.accepted == 5 and first.rejected == 0
+    assert first.server_noise_fraction == pytest.approx(0.5)  # 4 others of the 8 shares needed
+    assert rule.round_config(2, {"seed": 0})["als.release_counts"] is False
+    second = RoundRecord(server_round=2, sampled=10)
+    nine = NodeReply(
+        "secagg+", [UserOutcome(u, "trained") for u in range(10)], dense, 10.0, summed=True
+    )
+    rule.apply(2, table, [nine], second)
+    assert second.server_noise_fraction == 0.0
+    fresh = RDPAccountant()
+    for ratio, counts in ((4 / 8, True), (1.0, False)):
+        z = math.sqrt(ratio)
+        for multiplier in (4.0 * z, z, *([z] if counts else [])):
+            fresh.step(noise_multiplier=multiplier, sample_rate=1.0)
+    assert second.server_view_epsilon == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+    assert second.user_level_epsilon == pytest.approx(private.epsilon_after(2, 1))
+    assert second.server_view_epsilon > second.user_level_epsilon
+    broken = NodeReply(
+        "secagg+", [UserOutcome(0, "trained")], {**dense, RHS: np.zeros((3, 8))}, 1.0, summed=True
+    )
+    third = RoundRecord(server_round=3, sampled=1)
+    rule.apply(3, table, [broken], third)
+    assert third.rejected == 1  # the form is still checked

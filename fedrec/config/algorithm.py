@@ -25,7 +25,11 @@ class AlgorithmSpec:
     sums every user, so a larger multiplier costs little accuracy). ``item_grams``: false
     replaces each item's Gram by ``n_j · G / N`` (no d×d noise per item). ``popularity_weight``:
     a trained item's bias is this × its (private) count share, so the ranking leans on
-    popularity where the noisy factors say little.
+    popularity where the noisy factors say little. ``noise_shares``: 0, DP-ALS's noise is added
+    by the server (central); in (0, 1], distributed DP on SecAgg+: each device adds a share
+    sized so that this fraction of the round's devices (t = ⌈fraction · clients_per_round⌉)
+    together add it all, and the server tops up what dropped shares miss
+    (:mod:`fedrec.privacy.als`).
     """
 
     name: str = "mf"
@@ -38,6 +42,7 @@ class AlgorithmSpec:
     count_noise_scale: float = 1.0
     item_grams: bool = True
     popularity_weight: float = 0.0
+    noise_shares: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in ALGORITHMS:
@@ -46,6 +51,11 @@ class AlgorithmSpec:
         if not 0 < self.frequent_fraction <= 1:
             raise ValueError(
                 f"algorithm.frequent_fraction={self.frequent_fraction}; expected (0, 1]"
+            )
+        if not 0 <= self.noise_shares <= 1:
+            raise ValueError(
+                f"algorithm.noise_shares={self.noise_shares}; expected 0 (the server adds the "
+                "noise) or a share of the round's devices in (0, 1]"
             )
         for name in ("gram_noise_scale", "count_noise_scale"):
             if not getattr(self, name) > 0:

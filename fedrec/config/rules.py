@@ -162,6 +162,20 @@ RULES: list[Rule] = [
         ),
     ),
     (
+        lambda c: (
+            c.algorithm.noise_shares > 0
+            and not (
+                c.algorithm.name == "als" and c.privacy.user_level and c.secure_aggregation.enabled
+            )
+        ),
+        lambda c: (
+            f"algorithm.noise_shares={c.algorithm.noise_shares} (distributed DP: the devices "
+            "add the noise) needs algorithm=als, privacy=user and "
+            "secure_aggregation=secaggplus: without secure aggregation the server sees each "
+            "device's statistics with only a small share of the noise on them"
+        ),
+    ),
+    (
         lambda c: c.algorithm.name == "als" and c.federation.weighting != "uniform",
         lambda c: "algorithm=als sums every user's statistics: use federation.weighting=uniform",
     ),

@@ -33,7 +33,7 @@ import numpy as np
 from fedrec.federation.record import RoundRecord
 from fedrec.federation.rule import ServerRule
 from fedrec.federation.server_step import StrategySpec
-from fedrec.privacy.als import AlsPrivacyPlan, add_noise
+from fedrec.privacy.als import AlsPrivacyPlan, PrivacyStep, add_noise, topup_fraction
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
 from fedrec.training.als.solve import project_psd, solve_items, symmetrize
@@ -97,16 +97,34 @@ class AlsRule(ServerRule):
         super().__init__(StrategySpec(), rounds=rounds, min_replies=min_replies, seed=seed)
         self.plan = plan
         self.step = _Popularity()  # type: ignore[assignment]
+        self.server_view: list[PrivacyStep] = []  # distributed DP: the releases as the server saw
         if plan.privacy is not None:
             self.min_replies = 0
+
+    def round_config(self, server_round: int, config: dict) -> dict:
+        """Distributed DP-ALS: the devices add count noise shares only in the round that
+        releases the counts (the first)."""
+        if self.plan.privacy is None or not self.plan.privacy.distributed:
+            return config
+        return {**config, "als.release_counts": self._releases_counts_now()}
+
+    def _releases_counts_now(self) -> bool:
+        private = self.plan.privacy
+        return private is not None and private.count_release and self.step.counts is None  # type: ignore[attr-defined]
 
     # -- 1 -------------------------------------------------------------------------------------
     def _rejection(self, reply: NodeReply, expected) -> str | None:
         if reply.arrays is None:
             return "trained users but no statistics"
         num_items, dim = expected[EMBEDDING][0]
+        private = self.plan.privacy
         return statistics_rejection(
-            reply.arrays, num_items=num_items, dim=dim, users=len(reply.trained), plan=self.plan
+            reply.arrays,
+            num_items=num_items,
+            dim=dim,
+            users=len(reply.trained),
+            plan=self.plan,
+            noisy=private is not None and private.distributed,
         )
 
     # -- 2 to 4 --------------------------------------------------------------------------------
@@ -133,9 +151,19 @@ class AlsRule(ServerRule):
             accepted, num_items, dim, item_grams=self.plan.spec.item_grams
         )
         if private is not None:
-            count_release = self.step.counts is None and private.count_release  # type: ignore[attr-defined]
+            count_release = self._releases_counts_now()
             epsilon = private.epsilon_after(self.releases + 1, self._count_releases(count_release))
-            lhs, rhs, noisy_counts, gram = noisy_sums(private, lhs, rhs, counts, gram, self.rng)
+            fraction = 1.0
+            if private.distributed:  # the devices' shares are in the sums; top up what's missing
+                fraction = topup_fraction(record.accepted, private.noise_shares)
+                record.server_noise_fraction = fraction
+                seen = sum(len(r.trained) for r in replies if r.arrays is not None)
+                if seen:  # a round whose sum never arrived showed the server no one's data
+                    self.server_view += private.server_view_steps(seen, count_release)
+                record.server_view_epsilon = private.epsilon_of(self.server_view)
+            lhs, rhs, noisy_counts, gram = noisy_sums(
+                private, lhs, rhs, counts, gram, self.rng, variance_fraction=fraction
+            )
             gram = project_psd(gram)
             if count_release:
                 self.step.counts = noisy_counts  # type: ignore[attr-defined]
@@ -150,6 +178,16 @@ class AlsRule(ServerRule):
                 epsilon,
                 private.delta,
             )
+            if private.distributed:
+                logger.info(
+                    "round %d: %d devices' noise shares in the sum (t=%d), the server added "
+                    "%.3g of the variance; ε against the server itself %.4g",
+                    server_round,
+                    record.accepted,
+                    private.noise_shares,
+                    fraction,
+                    record.server_view_epsilon,
+                )
         elif self.step.counts is None:  # type: ignore[attr-defined]
             self.step.counts = counts  # type: ignore[attr-defined]
         popularity = self.step.counts  # type: ignore[attr-defined]
@@ -198,11 +236,15 @@ def noisy_sums(
     counts: np.ndarray,
     gram: np.ndarray,
     rng: np.random.Generator,
+    *,
+    variance_fraction: float = 1.0,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
     """One DP-ALS release: i.i.d. Gaussian noise of ``private.stds`` on every entry of the dense
     sums (then symmetrised; the PSD projection follows: both post-processing). The per-item
-    Grams are released only with ``private.item_grams``."""
-    stds = private.stds
+    Grams are released only with ``private.item_grams``. ``variance_fraction``: the share of
+    that variance the server adds (distributed DP: the devices' shares carry the rest)."""
+    root = math.sqrt(variance_fraction)
+    stds = {name: std * root for name, std in private.stds.items()}
     return (
         symmetrize(add_noise(lhs, stds["lhs"], rng)) if private.item_grams else lhs,
         add_noise(rhs, stds["rhs"], rng),
@@ -212,9 +254,18 @@ def noisy_sums(
 
 
 def statistics_rejection(
-    arrays: Arrays, *, num_items: int, dim: int, users: int, plan: AlsServerPlan
+    arrays: Arrays,
+    *,
+    num_items: int,
+    dim: int,
+    users: int,
+    plan: AlsServerPlan,
+    noisy: bool = False,
 ) -> str | None:
-    """Why a reply's summed statistics of ``users`` users must be refused, or None."""
+    """Why a reply's summed statistics of ``users`` users must be refused, or None. ``noisy``
+    (the devices' noise shares are in the sum): only names, shapes, finiteness and item ids
+    can be checked; noise makes counts fractional and the Gram indefinite, and SecAgg+ already
+    bounds every device's values to ±clipping_range."""
     expected = statistic_names(plan.spec.item_grams)
     if set(arrays) != set(expected):
         return f"array names {sorted(arrays)}; expected {sorted(expected)}"
@@ -233,6 +284,8 @@ def statistics_rejection(
         or np.any(np.diff(items) <= 0)
     ):
         return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
+    if noisy:
+        return None
     gram = np.asarray(arrays[GRAM], dtype=np.float64)
     lhs = np.asarray(arrays[LHS], dtype=np.float64) if LHS in arrays else None
     counts = np.asarray(arrays[COUNTS], dtype=np.float64)

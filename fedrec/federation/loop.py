@@ -156,7 +156,8 @@ def run_rounds(
         first_round = 1
 
     def config(server_round: int) -> dict:
-        return config_for_round(sent_config, plan.strategy, server_round, plan.rounds)
+        base = config_for_round(sent_config, plan.strategy, server_round, plan.rounds)
+        return rule.round_config(server_round, base)
 
     def finish(record: RoundRecord, started: float) -> None:
         record.seconds = time.perf_counter() - started

@@ -32,6 +32,8 @@ class RoundRecord:
     clients_with_epsilon: int = 0
     users_at_budget: int = 0  # distinct users stopped by their budget so far in the run
     user_level_epsilon: float | None = None  # the server's user-level ε (modes user, both)
+    server_view_epsilon: float | None = None  # distributed DP-ALS: ε against the server itself
+    server_noise_fraction: float | None = None  # distributed DP-ALS: the variance it topped up
     seconds: float = 0.0
     secagg_clipped_values: int | None = None  # SecAgg+: values the devices clipped
 

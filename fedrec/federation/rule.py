@@ -87,6 +87,11 @@ class ServerRule:
         self.tally = PrivacyTally()
         self.last_update: Arrays | None = None  # the combined update of the last round applied
 
+    def round_config(self, server_round: int, config: dict) -> dict:
+        """The round config the devices receive, with what this rule decides per round (none
+        here; DP-ALS says whether the round releases item counts)."""
+        return config
+
     def apply(
         self,
         server_round: int,

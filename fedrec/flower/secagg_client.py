@@ -14,7 +14,9 @@ Deprecated or legacy pieces this path is forced to use, and why: ``flwr.client.m
 
 Federated ALS (``algorithm=als``) sends its statistics instead of an item update, spread over
 the whole catalogue (:func:`~fedrec.training.als.statistics.dense_statistics`), since SecAgg+
-masks fixed-shape vectors.
+masks fixed-shape vectors; under distributed DP-ALS (``als.noise_shares`` > 0) with this
+device's share of the noise added first (:func:`~fedrec.privacy.als.noise_share`), so the
+server's unmasked sum is already noisy.
 
 What leaves the device: the item update *masked* (quantized to integers in
 ``[0, quantization_range)`` after clipping to ``±clipping_range``, plus pairwise and private masks
@@ -41,6 +43,8 @@ from flwr.common import (
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
+from fedrec.privacy.als import noise_share
+from fedrec.protocol.settings import parse_round_config
 from fedrec.protocol.wire import NUM_EXAMPLES, ROUND_REFUSED
 from fedrec.training.als.statistics import SECURE_NAMES, dense_statistics
 from fedrec.training.als.trainer import EMBEDDING
@@ -96,7 +100,11 @@ def legacy_train_reply(msg: Message, context: Context, answer: Answer) -> Messag
             metrics[NUM_EXAMPLES] = 0
         if config.get("algorithm") == "als":  # the statistics, dense over the catalogue
             num_items, dim = np.shape(received[EMBEDDING])
-            update, names = dense_statistics(update, num_items, dim), list(SECURE_NAMES)
+            dense = dense_statistics(update, num_items, dim)
+            spec = parse_round_config(config).als
+            if update is not None and spec.noise_shares > 0:  # distributed DP-ALS
+                dense = noise_share(dense, spec)
+            update, names = dense, list(SECURE_NAMES)
         elif update is None:
             update = {name: np.zeros_like(value) for name, value in received.items()}
         update_list = [np.asarray(update[name]) for name in names]

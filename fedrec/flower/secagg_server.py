@@ -152,7 +152,9 @@ class SecAggTransport(FlowerTransport):
             mean = parameters_to_ndarrays(results[0][1].parameters)
             if config.get("algorithm") == "als":  # the users' statistics: their sums
                 released = sums_from_secure_mean(
-                    dict(zip(SECURE_NAMES, mean, strict=False)), len(trained)
+                    dict(zip(SECURE_NAMES, mean, strict=False)),
+                    len(trained),
+                    noisy=int(config.get("als.noise_shares", 0)) > 0,
                 )
                 replies.append(
                     NodeReply("secagg+", trained, released, float(len(trained)), summed=True)

@@ -33,7 +33,7 @@ from fedrec.federation.record import RoundRecord
 from fedrec.model.mf import random_item_arrays
 from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy import PrivacySpec
-from fedrec.privacy.als import plan_dp_als
+from fedrec.privacy.als import check_share_range, plan_dp_als
 from fedrec.privacy.user_level import plan_user_level
 from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
 from fedrec.run_dir import CONFIG_YAML, RunRecorder
@@ -88,7 +88,15 @@ def prepare_federation(
         settings.privacy = dataclasses.replace(settings.privacy, planned_rounds=expected)
     user_level, als = None, None
     if cfg.algorithm.name == "als":
-        als = als_server_plan(cfg.algorithm, cfg.privacy, rounds=fed.rounds)
+        als = als_server_plan(
+            cfg.algorithm,
+            cfg.privacy,
+            rounds=fed.rounds,
+            devices_per_round=min(fed.clients_per_round, len(users)),
+        )
+        if als.privacy is not None and als.privacy.distributed:
+            check_share_range(als.privacy, cfg.secure_aggregation.clipping_range)
+        settings.als = als.spec
     elif settings.privacy.user_level:
         user_level = plan_user_level(
             settings.privacy,
@@ -115,12 +123,20 @@ def prepare_federation(
 
 
 def als_server_plan(
-    algorithm: AlgorithmSpec, privacy: PrivacySpec, *, rounds: int
+    algorithm: AlgorithmSpec, privacy: PrivacySpec, *, rounds: int, devices_per_round: int = 1
 ) -> AlsServerPlan:
     """The server's half of a federated (DP-)ALS run; with ``privacy=user``, the DP-ALS noise
-    from ``user_target_epsilon`` (solved over the run's releases) or ``user_noise_multiplier``."""
+    from ``user_target_epsilon`` (solved over the run's releases) or ``user_noise_multiplier``;
+    with ``algorithm.noise_shares`` > 0, added by the devices in shares of 1/t, t that share of
+    ``devices_per_round`` (rounded up), and the spec the devices receive asks them for it."""
     dp = None
+    spec = algorithm.als_spec()
     if privacy.user_level:
+        shares = (
+            math.ceil(algorithm.noise_shares * devices_per_round - 1e-9)
+            if algorithm.noise_shares > 0
+            else 0
+        )
         dp = plan_dp_als(
             clip_norm=algorithm.clip_norm,
             max_items=algorithm.max_items,
@@ -133,7 +149,16 @@ def als_server_plan(
             gram_noise_scale=algorithm.gram_noise_scale,
             item_grams=algorithm.item_grams,
             count_noise_scale=algorithm.count_noise_scale,
+            noise_shares=shares,
         )
+        if dp.distributed:
+            spec = dataclasses.replace(
+                spec,
+                noise_shares=shares,
+                noise_multiplier=dp.noise_multiplier,
+                gram_noise_scale=dp.gram_noise_scale,
+                count_noise_scale=dp.count_noise_scale,
+            )
         logger.info(
             "DP-ALS: noise multiplier %.4g (Γ=%g, B=%d); user-level ε %.4g after %d rounds (δ=%g)",
             dp.noise_multiplier,
@@ -144,7 +169,7 @@ def als_server_plan(
             dp.delta,
         )
     return AlsServerPlan(
-        algorithm.als_spec(),
+        spec,
         frequent_fraction=algorithm.frequent_fraction,
         privacy=dp,
         popularity_weight=algorithm.popularity_weight,

@@ -17,6 +17,14 @@ DP_ALS_GUARANTEE = (
     "bounds what the released item tables reveal about any one user's whole log, to whoever "
     "sees the model; not against a server that sees single replies (fedrec.privacy.als)"
 )
+DISTRIBUTED_DP_ALS_GUARANTEE = (
+    "user-level (distributed DP-ALS on SecAgg+): the devices add shares of DP-ALS's noise to "
+    "their masked statistics and the server tops up what dropped shares miss, so the released "
+    "item tables are (ε, δ)-DP to whoever sees the model; the server itself sees only the sum "
+    "with the shares of the devices in it, and server_view_epsilon accounts for that (finite "
+    "while at least two shares arrive each round; the server is assumed honest but curious: "
+    "it runs the protocol and the top-up as written)"
+)
 
 
 def final_metrics(cfg: SimulateJobConfig, last: dict, *, user_level: bool) -> dict[str, float]:
@@ -33,6 +41,8 @@ def final_metrics(cfg: SimulateJobConfig, last: dict, *, user_level: bool) -> di
     }
     if user_level:
         final["user_level_epsilon"] = last.get("user_level_epsilon", 0.0)
+    if "server_view_epsilon" in last:
+        final["server_view_epsilon"] = last["server_view_epsilon"]
     return final
 
 
@@ -99,6 +109,14 @@ def simulate_summary(
             "accountant": "rdp",
             "budget": privacy.user_target_epsilon,
         }
+        if dp.distributed:
+            summary_privacy["user_level"] |= {
+                "mechanism": "distributed DP-ALS: the devices' noise shares in the SecAgg+ sum, "
+                "topped up by the server where shares dropped (fedrec.privacy.als)",
+                "noise_shares": dp.noise_shares,
+                "share_std": {k: v / dp.noise_shares**0.5 for k, v in dp.stds.items()},
+                "server_view_epsilon": final.get("server_view_epsilon"),
+            }
     secagg = cfg.secure_aggregation
     recorder.write_summary(
         {
@@ -113,7 +131,11 @@ def simulate_summary(
             "trainer": cfg.federation.resolved_trainer,
             "privacy": {
                 "mode": privacy.mode,
-                "guarantee": DP_ALS_GUARANTEE
+                "guarantee": (
+                    DISTRIBUTED_DP_ALS_GUARANTEE
+                    if dp_als and plan.als.privacy.distributed
+                    else DP_ALS_GUARANTEE
+                )
                 if dp_als
                 else PRIVACY_MODES.get(privacy.mode).guarantee,
                 "delta": privacy.delta,
@@ -138,7 +160,16 @@ def simulate_summary(
             "secure_aggregation": (
                 {
                     **dataclasses.asdict(secagg),
-                    "server_saw": SERVER_SAW_ALS if cfg.algorithm.name == "als" else SERVER_SAW,
+                    "server_saw": (
+                        SERVER_SAW_ALS
+                        + (
+                            ", with the devices' noise shares in it"
+                            if cfg.algorithm.noise_shares
+                            else ""
+                        )
+                    )
+                    if cfg.algorithm.name == "als"
+                    else SERVER_SAW,
                     "quantization_step": secagg.quantization_step,
                     "clipped_values": sum(row.get("secagg_clipped_values", 0) for row in rows),
                 }

@@ -26,6 +26,18 @@ i.i.d. on every entry (the d×d matrices are then symmetrised and projected to P
 post-processing). Every user is counted in every round (sampling rate 1: no amplification is
 claimed, so the guarantee holds whoever was sampled or dropped out). RDP composes the releases
 exactly; ε is Opacus' RDP accountant's over that history, and a target ε solves z.
+
+**Distributed DP** (``noise_shares`` = t > 0, on SecAgg+ only): each device that trains adds its
+own share of that noise, std/√t on every entry, to its masked statistics, from its own entropy
+(the run's seed, which the server knows, draws none of it). The server unmasks only the sum, so
+what it sees carries the shares of the devices in that sum. A user's own share is not counted as
+protecting them (it is what differs between neighbouring worlds), so with ``s`` shares in the sum
+the others' add ``(s − 1)/t`` of the variance. The server then tops up the rest
+(:func:`topup_fraction`) with its own noise, so the released model is at least as private as
+central DP-ALS whoever dropped out; and it accounts separately for what it saw itself
+(:meth:`AlsPrivacyPlan.server_view_steps`): ε against the server, finite while two or more shares
+arrive, equal to the model's once ``s − 1 ≥ t``. Trust model: the server is honest but curious
+(it runs the protocol and the top-up as written and may study what it receives).
 """
 
 from __future__ import annotations
@@ -36,8 +48,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.privacy.spec import PrivacyAccountingError
+from fedrec.protocol.settings import AlsSpec
+from fedrec.training.als.statistics import COUNTS, GRAM, RHS
 
 PrivacyStep = tuple[float, float, int]
+
+
+def noise_stds(
+    noise_multiplier: float,
+    clip_norm: float,
+    max_items: int,
+    gram_noise_scale: float,
+    count_noise_scale: float,
+) -> dict[str, float]:
+    """The noise std of each released sum (the table above): one formula for the server's
+    noise and the devices' shares."""
+    z, root_b = noise_multiplier, math.sqrt(max_items)
+    return {
+        "gram": gram_noise_scale * z * clip_norm**2,
+        "lhs": z * root_b * clip_norm**2,
+        "rhs": z * root_b * clip_norm,
+        "counts": count_noise_scale * z * root_b,
+    }
 
 
 @dataclass(frozen=True)
@@ -52,6 +84,7 @@ class AlsPrivacyPlan:
     count_release: bool = True
     item_grams: bool = True  # False: the A_j are not released (the server uses n_j · G / N)
     count_noise_scale: float = 1.0  # the one count release's multiplier, relative to z
+    noise_shares: int = 0  # t > 0: distributed DP, the devices add shares of std/√t (SecAgg+)
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0 or self.max_items < 1:
@@ -65,17 +98,38 @@ class AlsPrivacyPlan:
             )
         if not 0 < self.delta < 1:
             raise ValueError(f"delta={self.delta}; expected 0 < delta < 1")
+        if self.noise_shares < 0 or (self.noise_shares and self.item_grams):
+            raise ValueError(
+                f"noise_shares={self.noise_shares}: expected >= 0, and distributed DP needs "
+                "item_grams=false (SecAgg+ carries no per-item Grams)"
+            )
+
+    @property
+    def distributed(self) -> bool:
+        return self.noise_shares > 0
 
     @property
     def stds(self) -> dict[str, float]:
         """The noise standard deviation of each released sum."""
-        z, root_b, clip = self.noise_multiplier, math.sqrt(self.max_items), self.clip_norm
-        return {
-            "gram": self.gram_noise_scale * z * clip**2,
-            "lhs": z * root_b * clip**2,
-            "rhs": z * root_b * clip,
-            "counts": self.count_noise_scale * z * root_b,
-        }
+        return noise_stds(
+            self.noise_multiplier,
+            self.clip_norm,
+            self.max_items,
+            self.gram_noise_scale,
+            self.count_noise_scale,
+        )
+
+    def server_view_steps(self, shares: int, counts_released: bool) -> list[PrivacyStep]:
+        """The mechanisms of one distributed release as the server itself saw them: the sum
+        with ``shares`` devices' noise shares in it, of which the other ``shares − 1`` protect a
+        user (multiplier × √((shares − 1)/t), at most the plan's own; 0 when no other share
+        arrived, which ε reads as no guarantee)."""
+        ratio = math.sqrt(min(1.0, max(shares - 1, 0) / self.noise_shares))
+        z = self.noise_multiplier * ratio
+        steps = [(self.gram_noise_scale * z, 1.0, 1), (z, 1.0, 1)]
+        if counts_released:
+            steps.append((self.count_noise_scale * z, 1.0, 1))
+        return steps
 
     def history(self, releases: int, count_releases: int) -> list[PrivacyStep]:
         """The Gaussian mechanisms of ``releases`` rounds and ``count_releases`` count releases
@@ -87,9 +141,13 @@ class AlsPrivacyPlan:
         return [step for step in steps if step[2] > 0]
 
     def epsilon_after(self, releases: int, count_releases: int) -> float:
+        return self.epsilon_of(self.history(releases, count_releases))
+
+    def epsilon_of(self, steps: list[PrivacyStep]) -> float:
+        """ε at this plan's δ over ``steps`` (Opacus' RDP accountant, imported only here)."""
         from fedrec.privacy.accounting import epsilon_spent
 
-        return epsilon_spent(self.history(releases, count_releases), delta=self.delta)
+        return epsilon_spent(steps, delta=self.delta)
 
 
 def mechanisms_per_unit(
@@ -118,6 +176,7 @@ def plan_dp_als(
     count_release: bool = True,
     item_grams: bool = True,
     count_noise_scale: float = 1.0,
+    noise_shares: int = 0,
 ) -> AlsPrivacyPlan:
     """The plan of a run: ``noise_multiplier`` as given, or the smallest one that keeps the
     whole run within ``target_epsilon`` (solved on the run's exact RDP composition)."""
@@ -140,6 +199,7 @@ def plan_dp_als(
         count_release,
         item_grams,
         count_noise_scale,
+        noise_shares,
     )
     if target_epsilon is not None:
         spent = plan.epsilon_after(rounds, int(count_release))
@@ -154,3 +214,58 @@ def plan_dp_als(
 def add_noise(values: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
     """``values + N(0, std²)`` on every entry, in float64."""
     return np.asarray(values, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(values))
+
+
+def topup_fraction(shares: int, noise_shares: int) -> float:
+    """The share of each release's noise variance the server still adds itself when ``shares``
+    devices' noise shares are in the sum it uses: what the other ``shares − 1`` (each 1/t of
+    it) do not cover. 1 with no distributed noise (``noise_shares`` 0)."""
+    if noise_shares <= 0:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - max(shares - 1, 0) / noise_shares))
+
+
+def noise_share(
+    dense: dict[str, np.ndarray], spec: AlsSpec, rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
+    """One device's dense statistics (:data:`~fedrec.training.als.statistics.SECURE_NAMES`) with
+    its share of DP-ALS's noise added: std/√t on every entry of the Gram and the right-hand
+    sides, and of the counts in the round that releases them (other rounds send no counts: the
+    server uses only the one release). ``rng`` None: fresh OS entropy, never the run's seed."""
+    if spec.noise_shares <= 0:
+        raise ValueError("als.noise_shares is 0: this round asks for no noise shares")
+    rng = rng or np.random.default_rng()
+    stds = noise_stds(
+        spec.noise_multiplier,
+        spec.clip_norm,
+        spec.max_items,
+        spec.gram_noise_scale,
+        spec.count_noise_scale,
+    )
+    root_t = math.sqrt(spec.noise_shares)
+    counts = dense[COUNTS] if spec.release_counts else np.zeros_like(dense[COUNTS])
+    noisy = {
+        GRAM: add_noise(dense[GRAM], stds["gram"] / root_t, rng),
+        RHS: add_noise(dense[RHS], stds["rhs"] / root_t, rng),
+        COUNTS: add_noise(counts, stds["counts"] / root_t, rng) if spec.release_counts else counts,
+    }
+    return {name: value.astype(np.asarray(dense[name]).dtype) for name, value in noisy.items()}
+
+
+SHARE_RANGE_STDS = 7.0  # a share beyond 7 std: ~3e-12 per value, so SecAgg+ clips none in practice
+
+
+def check_share_range(plan: AlsPrivacyPlan, clipping_range: float) -> None:
+    """Refuse a SecAgg+ ``clipping_range`` that would clip the devices' noisy statistics: a
+    masked value is at most max(1, Γ, Γ²) (a count, a factor entry, a Gram entry) plus its
+    noise share, and a clipped share is noise the sum no longer carries."""
+    share = max(plan.stds[name] for name in ("gram", "rhs", "counts")) / math.sqrt(
+        plan.noise_shares
+    )
+    needed = max(1.0, plan.clip_norm, plan.clip_norm**2) + SHARE_RANGE_STDS * share
+    if clipping_range < needed:
+        raise ValueError(
+            f"secure_aggregation.clipping_range={clipping_range:g} would clip the devices' "
+            f"noise shares (std up to {share:.4g} on statistics up to "
+            f"{max(1.0, plan.clip_norm**2):g}): set it to at least {needed:.4g}"
+        )

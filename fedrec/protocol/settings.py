@@ -72,6 +72,12 @@ class AlsSpec:
     sensitivity analysis assumes; 0 means unbounded (no DP). ``item_grams`` false: the server
     solves with ``A_j ≈ n_j · G / N`` and asks for no per-item Gram, so the device sends none
     (data the server would discard does not leave the device).
+
+    Distributed DP-ALS (on SecAgg+ only): ``noise_shares`` = t > 0 asks each device to add a
+    1/t share of DP-ALS's noise (``noise_multiplier`` z and its Gram/count scales, with the
+    bounds above) to its masked statistics (:func:`fedrec.privacy.als.noise_share`);
+    ``release_counts`` says whether this round's item counts are released (other rounds send
+    none).
     """
 
     reg: float = 3.0  # the shipped defaults (configs/algorithm/als.yaml), chosen on validation
@@ -79,6 +85,11 @@ class AlsSpec:
     max_items: int = 0
     clip_norm: float = 0.0
     item_grams: bool = True
+    noise_shares: int = 0
+    noise_multiplier: float = 0.0
+    gram_noise_scale: float = 4.0
+    count_noise_scale: float = 1.0
+    release_counts: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.reg <= 1e6:
@@ -89,8 +100,28 @@ class AlsSpec:
             raise ValueError(f"als.max_items={self.max_items}; expected 0..1000000")
         if not self.clip_norm >= 0:
             raise ValueError(f"als.clip_norm={self.clip_norm}; expected >= 0")
-        if not isinstance(self.item_grams, bool):
-            raise ValueError(f"als.item_grams={self.item_grams!r}; expected true or false")
+        for name in ("item_grams", "release_counts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"als.{name}={getattr(self, name)!r}; expected true or false")
+        if not (
+            self.noise_multiplier >= 0 and self.gram_noise_scale > 0 and self.count_noise_scale > 0
+        ):
+            raise ValueError(
+                "als.noise_multiplier must be >= 0 and als.gram_noise_scale, "
+                "als.count_noise_scale > 0"
+            )
+        if not 0 <= self.noise_shares <= 10_000_000:
+            raise ValueError(f"als.noise_shares={self.noise_shares}; expected 0..10000000")
+        if self.noise_shares and not (
+            self.clip_norm > 0
+            and self.max_items >= 1
+            and min(self.noise_multiplier, self.gram_noise_scale, self.count_noise_scale) > 0
+        ):
+            raise ValueError(
+                "als.noise_shares > 0 (distributed DP-ALS) needs clip_norm > 0, max_items >= 1 "
+                "and noise_multiplier, gram_noise_scale, count_noise_scale > 0: a device's "
+                "noise share is sized from them"
+            )
 
 
 @dataclass
@@ -229,6 +260,14 @@ ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
     "als.max_items": ("0..1000000; 0: all", "items whose statistics a user releases per round"),
     "als.clip_norm": (">= 0; 0: none", "L2 bound on the user factor before statistics are built"),
     "als.item_grams": ("true, false", "send the per-item Grams als.lhs (false: none is used)"),
+    "als.noise_shares": (
+        "0..10000000; 0: none",
+        "distributed DP-ALS (SecAgg+): add a 1/t share of the noise to the statistics",
+    ),
+    "als.noise_multiplier": (">= 0", "DP-ALS noise multiplier z the shares are sized from"),
+    "als.gram_noise_scale": ("> 0", "the Gram's multiplier relative to z (shares)"),
+    "als.count_noise_scale": ("> 0", "the count release's multiplier relative to z (shares)"),
+    "als.release_counts": ("true, false", "distributed DP-ALS: this round releases item counts"),
 }
 
 

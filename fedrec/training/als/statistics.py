@@ -134,11 +134,16 @@ def dense_statistics(
     return dense
 
 
-def sums_from_secure_mean(mean: dict[str, np.ndarray], users: int) -> dict[str, np.ndarray]:
+def sums_from_secure_mean(
+    mean: dict[str, np.ndarray], users: int, *, noisy: bool = False
+) -> dict[str, np.ndarray]:
     """The sparse sums of ``users`` users from the mean SecAgg+ released (weight 1 each): the
-    counts rounded to whole numbers (the mean was quantized) and the Gram symmetrised; every
-    item is listed, so the server's checks and solve read it as any node's sums."""
-    counts = np.rint(np.asarray(mean[COUNTS], np.float64).reshape(-1) * users)
+    counts rounded to whole numbers (the mean was quantized; not when the devices' ``noisy``
+    shares are in them) and the Gram symmetrised; every item is listed, so the server's checks
+    and solve read it as any node's sums."""
+    counts = np.asarray(mean[COUNTS], np.float64).reshape(-1) * users
+    if not noisy:
+        counts = np.rint(counts)
     gram = np.asarray(mean[GRAM], np.float64) * users
     return {
         ITEMS: np.arange(len(counts), dtype=np.int64),
