@@ -328,7 +328,7 @@ def _in_process_dp(
         count_noise_scale=1.0 if item_grams else 0.5,
     )
     privacy = PrivacySpec(mode="user", user_target_epsilon=epsilon, delta=1e-5)
-    server = als_server_plan(algorithm, privacy, rounds=rounds)
+    server = als_server_plan(algorithm, privacy, rounds=rounds, devices_per_round=80)
     source = SplitUserSource(split, np.arange(80))
     plan = FederationPlan(
         settings=RoundSettings(
@@ -759,3 +759,16 @@ def test_the_server_tops_up_missing_shares_and_accounts_for_what_it_saw(ml100k_s
     third = RoundRecord(server_round=3, sampled=1)
     rule.apply(3, table, [broken], third)
     assert third.rejected == 1  # the form is still checked
+    # where no device adds a share (the in-process federation), the server would add too little
+    # noise: the run is refused before any round
+    distributed = AlgorithmSpec(
+        name="als", clip_norm=1.0, max_items=10, item_grams=False, noise_shares=0.5
+    )
+    with pytest.raises(ValueError, match="needs devices that add noise shares"):
+        run_als_in_process(
+            ml100k_shaped_split,
+            distributed,
+            embedding_dim=8,
+            rounds=1,
+            privacy=PrivacySpec(mode="user", user_target_epsilon=4.0),
+        )

@@ -142,6 +142,13 @@ def run_rounds(
     ``plan.resume``, the rounds after the checkpoint's. Returns the final item table."""
     population = transport.population
     plan.check_population(population)
+    private = plan.als.privacy if plan.als is not None else None
+    if private is not None and private.distributed and not getattr(transport, "adds_shares", False):
+        raise ValueError(
+            "distributed DP-ALS (algorithm.noise_shares > 0) needs devices that add noise "
+            "shares under secure aggregation (secure_aggregation=secaggplus); on this transport "
+            "the server would add too little noise. Use algorithm.noise_shares=0 (central noise)"
+        )
     rule = rule or plan.rule()
     sent_config = round_config(plan.settings)
     rows: list[dict[str, float]] = []

@@ -69,6 +69,8 @@ class _RoundCapture(LegacyFedAvg):
 class SecAggTransport(FlowerTransport):
     """The Flower transport whose training requests go through SecAgg+."""
 
+    adds_shares = True  # the devices add distributed DP-ALS's noise shares (secagg_client)
+
     def __init__(
         self,
         grid: Grid,

@@ -123,7 +123,7 @@ def prepare_federation(
 
 
 def als_server_plan(
-    algorithm: AlgorithmSpec, privacy: PrivacySpec, *, rounds: int, devices_per_round: int = 1
+    algorithm: AlgorithmSpec, privacy: PrivacySpec, *, rounds: int, devices_per_round: int
 ) -> AlsServerPlan:
     """The server's half of a federated (DP-)ALS run; with ``privacy=user``, the DP-ALS noise
     from ``user_target_epsilon`` (solved over the run's releases) or ``user_noise_multiplier``;

@@ -39,7 +39,11 @@ from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
 logger = logging.getLogger("fedrec")
 
 VALIDATION_SEED_OFFSET = 1000  # the validation carve's seed: the test split's seed + this
-TUNABLE = tuple(f.name for f in dataclasses.fields(AlgorithmSpec) if f.name != "name")
+# noise_shares is not a setting to tune: distributed DP needs SecAgg+ devices, which the
+# in-process federation has not (its ε is central DP-ALS's; its noise s/t of it, docs/als.md)
+TUNABLE = tuple(
+    f.name for f in dataclasses.fields(AlgorithmSpec) if f.name not in ("name", "noise_shares")
+)
 
 
 @dataclass
@@ -116,7 +120,7 @@ def run_als_in_process(
         eval_clients_per_round=len(source),
         seed=seed,
         eval_every_rounds=rounds,
-        als=als_server_plan(algorithm, privacy, rounds=rounds),
+        als=als_server_plan(algorithm, privacy, rounds=rounds, devices_per_round=len(source)),
     )
     initial = random_item_arrays(split.train.num_items, embedding_dim, init_std=0.1, seed=seed)
     last: dict[str, float] = {}
