@@ -134,6 +134,8 @@ def test_refused_at_config_time():
         prepare("federation.clients_per_round=1")
     with pytest.raises(ValueError, match="overflows modulus_range"):
         prepare("secure_aggregation.quantization_range=1073741824")
+    with pytest.raises(ValueError, match="odd whole number"):  # even: Flower's SecAgg+ halts
+        compose("simulate", [*SECAGG, "secure_aggregation.num_shares=20"])
     with pytest.raises(ValueError, match="reconstruction_threshold"):  # Flower's own check
         compose(
             "simulate",

@@ -47,6 +47,17 @@ class SecureAggregationSpec:
             )
         if not self.clipping_range > 0 or self.timeout_s < 0:
             raise ValueError("secure_aggregation.clipping_range must be > 0 and timeout_s >= 0")
+        if self.num_shares > 1 and (
+            self.num_shares != int(self.num_shares) or int(self.num_shares) % 2 == 0
+        ):
+            # flwr 1.41's workflow sends the devices the even count, then builds neighbourhoods
+            # of count + 1: every device fails in the share-keys stage (IndexError) and every
+            # round halts.
+            raise ValueError(
+                f"secure_aggregation.num_shares={self.num_shares:g}: a count must be an odd "
+                f"whole number (e.g. {int(self.num_shares) | 1}); Flower's SecAgg+ halts every "
+                "round on an even one. A value <= 1 is a share of the round's devices"
+            )
         if self.modulus_range > 2**32:
             raise ValueError(
                 f"secure_aggregation.modulus_range={self.modulus_range}; expected <= 2**32"
