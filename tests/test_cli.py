@@ -312,3 +312,24 @@ def test_simulate_prints_each_event_once_and_logs_everything_in_the_run_dir(tmp_
     log = (tmp_path / "simulate.log").read_text()
     assert "discovery: 4 of 4 nodes" in log and "[flwr][DEBUG]" in log  # the full Flower log
     assert "DEPRECATED FEATURE" in log  # Flower's warnings are kept, off the console
+
+
+def test_tune_takes_the_grid_its_docs_show_and_refuses_a_bad_one(tmp_path):
+    # configs/tune.yaml and docs/als.md show 'grid={...}' with fields the default grid lacks:
+    # it replaces the default grid whole (a merge into it was refused by Hydra before)
+    done = run_cli(
+        tmp_path / "ok",
+        "rounds=1",
+        "model.embedding_dim=8",
+        "grid={reg:[1.0,3.0],frequent_fraction:[0.5]}",
+        command="tune",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "ok" / "tune.json").read_text())
+    assert [row["reg"] for row in report["candidates"]] == [1.0, 3.0]
+    assert {row["frequent_fraction"] for row in report["candidates"]} == {0.5}
+    assert (tmp_path / "ok" / "best.yaml").exists()
+    assert compose("tune", []).grid is None  # the default grid: fedrec.jobs.tune.DEFAULT_GRID
+    done = run_cli(tmp_path / "bad", "grid=5", command="tune")
+    assert done.returncode == 2
+    assert "expected a mapping of field" in done.stdout + done.stderr

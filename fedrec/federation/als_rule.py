@@ -14,7 +14,9 @@ table deltas. The rule keeps the classification of :class:`~fedrec.federation.ru
 3. with DP-ALS (:mod:`fedrec.privacy.als`), **noise** once per release and project to PSD; in
    the first round also release the noisy item counts, which choose the ``frequent_fraction`` of
    items the model trains; the rest keep a zero row and are ranked by that private popularity
-   through their bias, below every trained item.
+   through their bias, below every trained item. Under distributed DP (``noise_shares``) the
+   devices' shares are already in the SecAgg+ sum: the server adds only what dropped shares
+   miss, checks only the sum's form, and keeps a second ε for what it saw itself.
 4. **solve** every trained item's factor in closed form.
 
 A round without accepted statistics is skipped (non-private), or, under DP, released from the

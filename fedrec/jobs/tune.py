@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
 
 logger = logging.getLogger("fedrec")
 
+# What the shipped ALS settings were chosen from (configs/algorithm/als.yaml); a command-line
+# ``grid={...}`` replaces it whole (the config's grid is null so that Hydra replaces, not merges).
+DEFAULT_GRID: dict[str, list[Any]] = {
+    "reg": [1.0, 3.0, 10.0],
+    "unobserved_weight": [0.1, 0.3, 1.0],
+}
 VALIDATION_SEED_OFFSET = 1000  # the validation carve's seed: the test split's seed + this
 # noise_shares is not a setting to tune: distributed DP needs SecAgg+ devices, which the
 # in-process federation has not (its ε is central DP-ALS's; its noise s/t of it, docs/als.md)
@@ -60,7 +67,7 @@ class TuneJobConfig:
     algorithm: AlgorithmSpec = field(default_factory=lambda: AlgorithmSpec(name="als"))
     model: ModelSpec = field(default_factory=ModelSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
-    grid: dict[str, list[Any]] = field(default_factory=dict)
+    grid: Any = None  # a dict of field → values; None: DEFAULT_GRID
     rounds: int = 8
     metric: str = "ndcg@10"
     seed: int = 0
@@ -135,6 +142,20 @@ def run_als_in_process(
         InProcessTransport(source, split_replies=False), plan, initial, on_round=keep
     )
     return last, table
+
+
+def grid_of(value: Any) -> dict[str, list[Any]]:
+    """The config's ``grid``: None (the default grid) or ``{field: [values], ...}``."""
+    if value is None:
+        return dict(DEFAULT_GRID)
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, Sequence) and not isinstance(v, str) for v in value.values()
+    ):
+        raise ValueError(
+            f"tune.grid={value!r}; expected a mapping of field → list of values, e.g. "
+            "'grid={reg:[1,3,10],unobserved_weight:[0.1,0.3]}'"
+        )
+    return {str(k): list(v) for k, v in value.items()}
 
 
 def candidates(base: AlgorithmSpec, dim: int, grid: dict[str, list[Any]]) -> list[dict]:
@@ -223,7 +244,7 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
         )
     if cfg.rounds < 1:
         raise ValueError(f"tune.rounds={cfg.rounds}; expected >= 1")
-    grid = candidates(cfg.algorithm, cfg.model.embedding_dim, dict(cfg.grid))
+    grid = candidates(cfg.algorithm, cfg.model.embedding_dim, grid_of(cfg.grid))
     split = load_split(cfg.dataset)
     validation = validation_split(split)
     logger.info(
