@@ -8,8 +8,8 @@ For each dataset, on its test split (full-ranking metrics over every test user):
 - the non-private **centralized MF** (``fedrec train``'s ``ml100k_implicit`` recipe) and the
   **exact most-popular ranking**: the references;
 - **federated ALS** (``algorithm=als``), its ``reg`` / ``unobserved_weight`` / dimension
-  (64 or 128) chosen by :func:`fedrec.jobs.tune` 's validation procedure (a split carved from
-  the training log; ``--quick`` tries 128 on ML-100K only);
+  (64 or 128; ``--quick``: 64) chosen by :func:`fedrec.jobs.tune` 's validation procedure (a
+  split carved from the training log);
 - **DP-ALS** at each user-level ε, its dimension, frequent share and popularity weight chosen on
   the same validation split *at that ε*, with the count release's share of the budget (fixed:
   Γ = 1, B = 20, 2 rounds, ``item_grams=false``; found in validation runs, RESULTS.md);
@@ -166,9 +166,9 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
         "embedding_dim": [ALS_DIM, 2 * ALS_DIM],
     }
     if args.quick:
+        # dim 64 only: 128 costs ~3x per run and, chosen on ML-100K's validation split, did
+        # no better on test (RESULTS.md, 2026-12-06 23:27)
         grid = {"reg": [3.0, 10.0], "unobserved_weight": [0.3], "embedding_dim": [ALS_DIM]}
-        if dataset == "ml100k":  # 6,040 users at dim 128: a validation run costs ~3x dim 64's
-            grid["embedding_dim"] = [ALS_DIM, 2 * ALS_DIM]
     chosen, score = choose_on_validation(
         validation, grid, base, privacy=PrivacySpec(), rounds=ALS_ROUNDS
     )
