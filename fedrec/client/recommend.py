@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.model.spec import GLOBAL_BIAS, ITEM_BIAS, ITEM_EMBEDDING, USER_BIAS, USER_EMBEDDING
 from fedrec.protocol.settings import AlsSpec
 
-ITEM_EMBEDDING, ITEM_BIAS = "item_embedding.weight", "item_bias.weight"
+ITEM_EMBEDDING, ITEM_BIAS = ITEM_EMBEDDING, ITEM_BIAS
 USER_EMBEDDING, USER_BIAS, GLOBAL_BIAS = (
-    "user_embedding.weight",
-    "user_bias.weight",
-    "global_bias.weight",
+    USER_EMBEDDING,
+    USER_BIAS,
+    GLOBAL_BIAS,
 )
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from fedrec.federation.record import RoundRecord
 from fedrec.federation.rule import ServerRule
 from fedrec.federation.server_step import StrategySpec
+from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.privacy.als import AlsPrivacyPlan, PrivacyStep, add_noise, topup_fraction
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
@@ -45,7 +46,6 @@ from fedrec.training.table_check import TableLimits
 logger = logging.getLogger("fedrec.server")
 
 Arrays = dict[str, np.ndarray]
-EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
 UNTRAINED_BIAS = -2.0  # below any trained item's score (|⟨u, v⟩| stays ~1 with targets 1)
 # The top item's bias is popularity_weight; the median bias is no lower than UNTRAINED_BIAS. The
 # devices' table check (fedrec.training.table_check) refuses a bias further above the median
@@ -118,7 +118,7 @@ class AlsRule(ServerRule):
     def _rejection(self, reply: NodeReply, expected) -> str | None:
         if reply.arrays is None:
             return "trained users but no statistics"
-        num_items, dim = expected[EMBEDDING][0]
+        num_items, dim = expected[ITEM_EMBEDDING][0]
         private = self.plan.privacy
         return statistics_rejection(
             reply.arrays,
@@ -148,7 +148,7 @@ class AlsRule(ServerRule):
                 record.outcome_counts(),
             )
             return None
-        num_items, dim = current[EMBEDDING].shape
+        num_items, dim = current[ITEM_EMBEDDING].shape
         lhs, rhs, counts, gram = _dense_sums(
             accepted, num_items, dim, item_grams=self.plan.spec.item_grams
         )
@@ -213,8 +213,8 @@ class AlsRule(ServerRule):
         bias[~trained, 0] = UNTRAINED_BIAS + share[~trained]
         self.last_update = None
         return {
-            EMBEDDING: table.astype(current[EMBEDDING].dtype),
-            BIAS: bias.astype(current[BIAS].dtype),
+            ITEM_EMBEDDING: table.astype(current[ITEM_EMBEDDING].dtype),
+            ITEM_BIAS: bias.astype(current[ITEM_BIAS].dtype),
         }
 
     def _count_releases(self, releasing_now: bool) -> int:

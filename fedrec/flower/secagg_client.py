@@ -43,11 +43,11 @@ from flwr.common import (
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
+from fedrec.model.spec import ITEM_EMBEDDING
 from fedrec.privacy.als import noise_share
 from fedrec.protocol.settings import parse_round_config
 from fedrec.protocol.wire import NUM_EXAMPLES, ROUND_REFUSED
 from fedrec.training.als.statistics import SECURE_NAMES, dense_statistics
-from fedrec.training.als.trainer import EMBEDDING
 
 # The legacy Parameters are an unnamed list: the server names them, in order, under this key of
 # the round config (taken out before the device parses the rest).
@@ -99,7 +99,7 @@ def legacy_train_reply(msg: Message, context: Context, answer: Answer) -> Messag
         if update is None:  # declined/refused/no budget: take part with weight 0
             metrics[NUM_EXAMPLES] = 0
         if config.get("algorithm") == "als":  # the statistics, dense over the catalogue
-            num_items, dim = np.shape(received[EMBEDDING])
+            num_items, dim = np.shape(received[ITEM_EMBEDDING])
             dense = dense_statistics(update, num_items, dim)
             spec = parse_round_config(config).als
             if update is not None and spec.noise_shares > 0:  # distributed DP-ALS

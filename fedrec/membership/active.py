@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedrec.model.spec import ITEM_BIAS
 from fedrec.registry import Registry
 
 Update = dict[str, np.ndarray]
@@ -30,5 +31,5 @@ CRAFTED_TABLES: Registry = Registry("crafted table")
 def bias_silencing_table(sent: Update, *, bias: float = -30.0) -> Update:
     """The honest table with every item bias replaced by ``bias`` (see the module docstring)."""
     crafted = {name: np.array(value, copy=True) for name, value in sent.items()}
-    crafted["item_bias.weight"][:] = bias
+    crafted[ITEM_BIAS][:] = bias
     return crafted

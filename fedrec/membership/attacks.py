@@ -20,9 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.registry import Registry
-
-EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
 
 
 @dataclass
@@ -57,8 +56,8 @@ ATTACKS: Registry[type] = Registry("membership attack")
 
 
 def _rows(observed: ObservedUpdate) -> tuple[np.ndarray, np.ndarray]:
-    delta = np.asarray(observed.update[EMBEDDING], dtype=np.float64)
-    bias = np.asarray(observed.update[BIAS], dtype=np.float64).reshape(-1)
+    delta = np.asarray(observed.update[ITEM_EMBEDDING], dtype=np.float64)
+    bias = np.asarray(observed.update[ITEM_BIAS], dtype=np.float64).reshape(-1)
     return delta, bias
 
 
@@ -102,7 +101,7 @@ def row_features(observed: ObservedUpdate) -> np.ndarray:
     sizes and to clipped (rescaled) updates.
     """
     delta, bias = _rows(observed)
-    sent = np.asarray(observed.sent[EMBEDDING], dtype=np.float64)
+    sent = np.asarray(observed.sent[ITEM_EMBEDDING], dtype=np.float64)
     row_norm = np.sqrt(np.einsum("id,id->i", delta, delta))
     full_norm = np.sqrt(row_norm**2 + bias**2)
     along_user = delta @ user_direction(delta, bias)

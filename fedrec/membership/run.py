@@ -42,6 +42,7 @@ from fedrec.membership.active import CRAFTED_TABLES
 from fedrec.membership.attacks import LabelledUpdate, ObservedUpdate, make_attack, roc_auc
 from fedrec.membership.bounds import auc_bound
 from fedrec.membership.game import GameScores, drop_one_item
+from fedrec.model.spec import ITEM_EMBEDDING
 from fedrec.nodes.simulated import ACTIVE, ACTIVE_GAME, GAME, LocalRecipe, SimulatedClients, Update
 from fedrec.privacy import PrivacySpec
 from fedrec.privacy.user_level import UserLevelPlan, clip_update, plan_user_level
@@ -150,7 +151,7 @@ def run_setting(
     server's seat: before the devices train it runs the counterfactual rounds (from the same
     states), and after the server rule it attacks what the server saw."""
     privacy = recipe.privacy
-    num_items = initial_items["item_embedding.weight"].shape[0]
+    num_items = initial_items[ITEM_EMBEDDING].shape[0]
     user_plan: UserLevelPlan | None = None
     if privacy.user_level:
         user_plan = plan_user_level(

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The parameter groups by name: the user side stays on the device, the item side is shared.
-USER_SIDE = ("user_embedding.weight", "user_bias.weight")
-ITEM_SIDE = ("item_embedding.weight", "item_bias.weight", "global_bias.weight")
+# The parameters by name (their names in the torch model's state dict, on the wire and in
+# every store): the user side stays on the device, the item side is shared.
+USER_EMBEDDING, USER_BIAS = "user_embedding.weight", "user_bias.weight"
+ITEM_EMBEDDING, ITEM_BIAS, GLOBAL_BIAS = (
+    "item_embedding.weight",
+    "item_bias.weight",
+    "global_bias.weight",
+)
+USER_SIDE = (USER_EMBEDDING, USER_BIAS)
+ITEM_SIDE = (ITEM_EMBEDDING, ITEM_BIAS, GLOBAL_BIAS)
 # The optimizers a training spec may name (fedrec.model.training maps each to torch's class).
 OPTIMIZER_NAMES = ("sgd", "adam", "adagrad")
 

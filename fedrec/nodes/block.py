@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedrec.model.spec import ITEM_EMBEDDING
 from fedrec.nodes.state_store import DeviceStateStore, request_digest
 from fedrec.protocol.arrays import check_received_arrays
 from fedrec.protocol.replies import NodeReply, UserOutcome
@@ -261,7 +262,7 @@ def _als_states(
     from fedrec.training.als.trainer import user_state_arrays
 
     factors = solve_users(
-        arrays["item_embedding.weight"],
+        arrays[ITEM_EMBEDDING],
         [data.train_items for _, data in chosen],
         reg=settings.als.reg,
         unobserved_weight=settings.als.unobserved_weight,

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.membership.attacks import fit_logistic
+from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.nodes.simulated import LocalRecipe, SimulatedClients
 from fedrec.registry import Registry
 from fedrec.training.state import DeviceState, LocalData
 
 Update = dict[str, np.ndarray]
-EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
 FAKE_KEY_BASE = 10_000_000  # fake users' keys, outside any dataset's user ids
 
 
@@ -132,15 +132,15 @@ def popularity_mimicry(sent: Update, context: PoisonContext, server_round: int) 
     )
     uploads = []
     for cover in covers.values():
-        rows = np.sqrt((cover[EMBEDDING] ** 2).sum(1) + cover[BIAS][:, 0] ** 2)
+        rows = np.sqrt((cover[ITEM_EMBEDDING] ** 2).sum(1) + cover[ITEM_BIAS][:, 0] ** 2)
         cap = context.spec.scale * float(rows.max())
         move = np.concatenate([move_vector, [move_bias]])
         length = float(np.linalg.norm(move))
         if length > cap:
             move = move * (cap / length)
         upload = {k: v.copy() for k, v in cover.items()}
-        upload[EMBEDDING][context.target_item] = move[:-1]
-        upload[BIAS][context.target_item, 0] = move[-1]
+        upload[ITEM_EMBEDDING][context.target_item] = move[:-1]
+        upload[ITEM_BIAS][context.target_item, 0] = move[-1]
         uploads.append(upload)
     return uploads
 
@@ -150,8 +150,8 @@ def popular_direction(
 ) -> tuple[np.ndarray, float]:
     """The change that would put the target at the popular items' centroid, pushed one unit
     (in row-norm scale) along a popularity classifier's normal, fitted on the sent table."""
-    table = np.asarray(sent[EMBEDDING], dtype=np.float64)
-    bias = np.asarray(sent[BIAS], dtype=np.float64).reshape(-1)
+    table = np.asarray(sent[ITEM_EMBEDDING], dtype=np.float64)
+    bias = np.asarray(sent[ITEM_BIAS], dtype=np.float64).reshape(-1)
     popular = np.argsort(-popularity, kind="stable")[:popular_items]
     labels = np.zeros(len(table))
     labels[popular] = 1.0

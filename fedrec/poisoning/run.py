@@ -22,6 +22,7 @@ from fedrec.federation.defenses import DefenseSpec
 from fedrec.federation.in_process import InProcessTransport
 from fedrec.federation.loop import FederationPlan, run_rounds
 from fedrec.federation.server_step import StrategySpec
+from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING, USER_EMBEDDING
 from fedrec.nodes.simulated import LocalRecipe, SimulatedClients, Update
 from fedrec.poisoning.poisoners import (
     POISONERS,
@@ -62,8 +63,8 @@ def target_ranks(items: Update, honest: SimulatedClients, target: int) -> np.nda
     keys = [key for key in keys if target not in honest.datas[key].train_items]
     if not keys:
         return np.zeros(0, dtype=np.int64)
-    users = np.stack([honest.states[key].user_arrays["user_embedding.weight"][0] for key in keys])
-    scores = users @ items["item_embedding.weight"].T + items["item_bias.weight"][:, 0]
+    users = np.stack([honest.states[key].user_arrays[USER_EMBEDDING][0] for key in keys])
+    scores = users @ items[ITEM_EMBEDDING].T + items[ITEM_BIAS][:, 0]
     ranks = np.empty(len(keys), dtype=np.int64)
     for row, key in enumerate(keys):
         user_scores = scores[row].copy()

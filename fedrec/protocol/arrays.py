@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrec.model.spec import ITEM_SIDE
+from fedrec.model.spec import GLOBAL_BIAS, ITEM_BIAS, ITEM_EMBEDDING, ITEM_SIDE
 from fedrec.protocol.wire import RefusalReason, RoundRefused
 
 
@@ -13,11 +13,11 @@ def expected_item_arrays(
 ) -> dict[str, tuple[int, int]]:
     """Name → shape of the item side of a model with ``num_items`` items."""
     expected = {
-        "item_embedding.weight": (num_items, embedding_dim),
-        "item_bias.weight": (num_items, 1),
+        ITEM_EMBEDDING: (num_items, embedding_dim),
+        ITEM_BIAS: (num_items, 1),
     }
     if explicit:
-        expected["global_bias.weight"] = (1, 1)
+        expected[GLOBAL_BIAS] = (1, 1)
     return expected
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.model.mf import ITEM_SIDE, MatrixFactorization, ModelSpec
 from fedrec.model.objective import Objective
+from fedrec.model.spec import ITEM_EMBEDDING
 from fedrec.model.training import TrainSpec, make_optimizer, train_epoch
 from fedrec.privacy.dp_sgd import make_private
 from fedrec.privacy.ledger import PrivacyLedger
@@ -37,7 +38,7 @@ def local_model(
     generator: torch.Generator,
 ) -> MatrixFactorization:
     """A one-user model from the received item side and the kept (or a fresh) user side."""
-    table = item_arrays.get("item_embedding.weight")
+    table = item_arrays.get(ITEM_EMBEDDING)
     if table is None or table.ndim != 2:
         raise ValueError("the item arrays hold no 2-D 'item_embedding.weight'")
     model = MatrixFactorization(

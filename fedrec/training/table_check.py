@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.protocol.wire import RefusalReason, RoundRefused
 
 
@@ -73,7 +74,7 @@ def check_item_table(
     for name, value in item_arrays.items():
         if not np.isfinite(value).all():
             raise ImplausibleTable(f"'{name}' holds NaN or infinite values")
-    bias = np.asarray(item_arrays.get("item_bias.weight", np.zeros(0)), np.float64).reshape(-1)
+    bias = np.asarray(item_arrays.get(ITEM_BIAS, np.zeros(0)), np.float64).reshape(-1)
     if bias.size:
         center = float(np.median(bias))
         if abs(center) > limits.max_median_bias:
@@ -92,7 +93,7 @@ def check_item_table(
                     f"item {worst}'s bias {bias[worst]:.3g} lies {gap:.3g} {side} the median "
                     f"bias {center:.3g}; the table's own spread allows {allowed:.3g}"
                 )
-    table = item_arrays.get("item_embedding.weight")
+    table = item_arrays.get(ITEM_EMBEDDING)
     if table is not None and np.size(table):
         norms = np.linalg.norm(np.asarray(table, np.float64), axis=1)
         # the median over trained rows: ALS leaves the items it does not train at zero
@@ -106,8 +107,8 @@ def check_item_table(
                 f"{allowed:.3g} ({limits.outlier_norm_multiple:g}× its median row norm, at "
                 f"least {limits.max_row_norm:g})"
             )
-    if previous is not None and bias.size and "item_bias.weight" in previous:
-        shift = float(np.mean(bias - np.asarray(previous["item_bias.weight"]).reshape(-1)))
+    if previous is not None and bias.size and ITEM_BIAS in previous:
+        shift = float(np.mean(bias - np.asarray(previous[ITEM_BIAS]).reshape(-1)))
         if abs(shift) > limits.max_bias_shift:
             raise ImplausibleTable(
                 f"the item biases moved by {shift:.3g} on average since the last table "

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedrec.model.spec import ITEM_EMBEDDING, USER_EMBEDDING
 from fedrec.protocol.settings import AlsSpec
 from fedrec.training.als.solve import solve_users, table_gram
 from fedrec.training.als.statistics import clip_factors, released_items, statistics_of
@@ -28,13 +29,11 @@ from fedrec.training.state import (
     RoundResult,
 )
 
-EMBEDDING, BIAS = "item_embedding.weight", "item_bias.weight"
-
 
 def user_state_arrays(factor: np.ndarray) -> dict[str, np.ndarray]:
     """A solved factor in the MF model's user-side name (so one scorer serves both; ALS is
     implicit-only, so there is no user bias)."""
-    return {"user_embedding.weight": np.asarray(factor, np.float32).reshape(1, -1)}
+    return {USER_EMBEDDING: np.asarray(factor, np.float32).reshape(1, -1)}
 
 
 def als_round(
@@ -47,7 +46,7 @@ def als_round(
 ) -> CohortRound:
     """Every member's ALS round against the received table; ``update_sum`` holds the summed
     statistics and ``weight_sum`` how many users they sum."""
-    table = np.asarray(item_arrays[EMBEDDING], dtype=np.float64)
+    table = np.asarray(item_arrays[ITEM_EMBEDDING], dtype=np.float64)
     outcomes: list[MemberOutcome] = []
     trainable = []
     for member in members:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fedrec.model.mf import ITEM_SIDE, USER_SIDE, ModelSpec
+from fedrec.model.spec import GLOBAL_BIAS, ITEM_BIAS, ITEM_EMBEDDING, USER_BIAS, USER_EMBEDDING
 from fedrec.privacy.ledger import PrivacyBudgetExhausted, PrivacyLedger
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.privacy.user_level import clip_update
@@ -88,7 +89,7 @@ def train_cohort(
     updates: dict[int, dict[str, np.ndarray]] = {}
     # Users with the same number of steps side by side: a step then works on a prefix.
     plans.sort(key=lambda plan: -plan.steps_per_epoch)
-    num_items, dim = received["item_embedding.weight"].shape
+    num_items, dim = received[ITEM_EMBEDDING].shape
     # Per user the whole table: values and gradients, and Adam's two moments.
     row_bytes = 4 * (dim + 1) * (4 if training.optimizer == "adam" else 2)
     for start, stop in chunks_within([num_items] * len(plans), row_bytes, chunk_size):
@@ -161,13 +162,11 @@ def _admit(
 
 
 def _check_item_arrays(received: dict[str, torch.Tensor], explicit: bool) -> None:
-    expected = {"item_embedding.weight", "item_bias.weight"} | (
-        {"global_bias.weight"} if explicit else set()
-    )
+    expected = {ITEM_EMBEDDING, ITEM_BIAS} | ({GLOBAL_BIAS} if explicit else set())
     if set(received) != expected:
         raise ValueError(f"item arrays {sorted(received)}; expected {sorted(expected)}")
-    table = received["item_embedding.weight"]
-    if table.ndim != 2 or tuple(received["item_bias.weight"].shape) != (table.shape[0], 1):
+    table = received[ITEM_EMBEDDING]
+    if table.ndim != 2 or tuple(received[ITEM_BIAS].shape) != (table.shape[0], 1):
         raise ValueError("item arrays: expected a [items, dim] table and [items, 1] biases")
 
 
@@ -228,7 +227,7 @@ def _train_chunk(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[float], list[int]]:
     """Local epochs for the users of ``chunk`` (sorted by steps per epoch, descending)."""
     count = len(chunk)
-    num_items, dim = received["item_embedding.weight"].shape
+    num_items, dim = received[ITEM_EMBEDDING].shape
     # The parameters, in the order of MatrixFactorization.parameters() (the order in which the
     # device's optimizer draws noise), each with a leading user axis.
     user_vectors = torch.empty(count, 1, dim)
@@ -237,19 +236,19 @@ def _train_chunk(
         user_vectors[row].normal_(0.0, model_spec.init_std, generator=plan.generator)
         kept = plan.member.state.user_arrays
         if kept is not None:
-            user_vectors[row] = torch.as_tensor(kept["user_embedding.weight"])
+            user_vectors[row] = torch.as_tensor(kept[USER_EMBEDDING])
     params = [
         user_vectors,
-        received["item_embedding.weight"].expand(count, -1, -1).clone(),
-        received["item_bias.weight"].expand(count, -1, -1).clone(),
+        received[ITEM_EMBEDDING].expand(count, -1, -1).clone(),
+        received[ITEM_BIAS].expand(count, -1, -1).clone(),
     ]
     if explicit:
         user_biases = torch.zeros(count, 1, 1)
         for row, plan in enumerate(chunk):
             kept = plan.member.state.user_arrays
-            if kept is not None and "user_bias.weight" in kept:
-                user_biases[row] = torch.as_tensor(kept["user_bias.weight"])
-        params += [user_biases, received["global_bias.weight"].expand(count, -1, -1).clone()]
+            if kept is not None and USER_BIAS in kept:
+                user_biases[row] = torch.as_tensor(kept[USER_BIAS])
+        params += [user_biases, received[GLOBAL_BIAS].expand(count, -1, -1).clone()]
     grads = [torch.zeros_like(p) for p in params]
     optimizer = StackedOptimizer(params, grads, training.lr, training.optimizer)
     step = ClosedFormStep(

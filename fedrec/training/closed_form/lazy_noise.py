@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedrec.model.spec import GLOBAL_BIAS, ITEM_BIAS, ITEM_EMBEDDING
+
 
 class LazyNoise:
     """DP-SGD's Gaussian noise for a chunk, drawn lazily on the compact item rows."""
@@ -56,12 +58,12 @@ def dense_update(
     """One user's whole update: their compact rows, and on every other row the noise it
     accumulated (``outside_std`` per entry; zero without DP)."""
     dense = {}
-    for name in ("item_embedding.weight", "item_bias.weight"):
+    for name in (ITEM_EMBEDDING, ITEM_BIAS):
         full = torch.zeros(received[name].shape)
         if outside_std > 0:
             full.normal_(0.0, outside_std, generator=generator)
         full[rows] = compact[name]
         dense[name] = full.numpy()
-    if "global_bias.weight" in compact:
-        dense["global_bias.weight"] = compact["global_bias.weight"].numpy()
+    if GLOBAL_BIAS in compact:
+        dense[GLOBAL_BIAS] = compact[GLOBAL_BIAS].numpy()
     return dense

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from fedrec.model.mf import ITEM_SIDE, USER_SIDE, ModelSpec
+from fedrec.model.spec import GLOBAL_BIAS, ITEM_BIAS, ITEM_EMBEDDING, USER_BIAS, USER_EMBEDDING
 from fedrec.privacy.spec import PrivacySpec
 from fedrec.privacy.user_level import clip_scale
 from fedrec.protocol.settings import LocalTrainingSpec
@@ -80,7 +81,7 @@ def train_cohort_sparse(
     received, weights, outcomes, plans = _admit(
         item_arrays, members, weights, training, privacy, explicit
     )
-    num_items, dim = received["item_embedding.weight"].shape
+    num_items, dim = received[ITEM_EMBEDDING].shape
     drawer = ClosedFormStep([], [], training, None, explicit, num_items)
     plans.sort(key=lambda plan: -plan.steps_per_epoch)  # a step then works on a prefix
     release = _Release(received, weights, outcomes, server_round, training.lr)
@@ -124,7 +125,7 @@ class _Release:
         self.received, self.weights, self.outcomes = received, weights, outcomes
         self.server_round, self.lr = server_round, lr
         self.update_sum = {name: torch.zeros(a.shape) for name, a in received.items()}
-        num_items = received["item_embedding.weight"].shape[0]
+        num_items = received[ITEM_EMBEDDING].shape[0]
         # Σ w²s² over the users whose noise on a row is still to be drawn.
         self.outside_variance = torch.zeros(num_items, dtype=torch.float64)
         self.weight_sum = 0.0
@@ -135,7 +136,7 @@ class _Release:
         whether it is finite."""
         items = trained.gather.view(-1)[trained.real]
         compact = {}
-        for name in ("item_embedding.weight", "item_bias.weight"):
+        for name in (ITEM_EMBEDDING, ITEM_BIAS):
             table = trained.items[name]
             flat = table.view(-1, table.shape[-1])[trained.real]
             compact[name] = flat - self.received[name][items]
@@ -143,9 +144,9 @@ class _Release:
         bad = torch.zeros(count, dtype=torch.bool)
         for value in compact.values():
             bad.index_fill_(0, trained.slot_user[~torch.isfinite(value).all(1)], True)
-        if "global_bias.weight" in self.received:
-            value = trained.items["global_bias.weight"] - self.received["global_bias.weight"]
-            compact["global_bias.weight"] = value
+        if GLOBAL_BIAS in self.received:
+            value = trained.items[GLOBAL_BIAS] - self.received[GLOBAL_BIAS]
+            compact[GLOBAL_BIAS] = value
             bad |= ~torch.isfinite(value.reshape(count, -1)).all(1)
         return compact, ~bad
 
@@ -177,12 +178,12 @@ class _Release:
         kept = finite[trained.slot_user]
         slots, users = trained.real[kept], trained.slot_user[kept]
         items = trained.gather.view(-1)[slots]
-        for name in ("item_embedding.weight", "item_bias.weight"):
+        for name in (ITEM_EMBEDDING, ITEM_BIAS):
             value = compact[name][kept]
             self.update_sum[name].index_add_(0, items, value * weight[users].unsqueeze(1))
-        if "global_bias.weight" in compact:
-            value = compact["global_bias.weight"][finite] * weight[finite].view(-1, 1, 1)
-            self.update_sum["global_bias.weight"] += value.sum(0)
+        if GLOBAL_BIAS in compact:
+            value = compact[GLOBAL_BIAS][finite] * weight[finite].view(-1, 1, 1)
+            self.update_sum[GLOBAL_BIAS] += value.sum(0)
         if trained.noise_scales is not None:
             steps = trained.taken.to(torch.float64)
             per_step = (weight.to(torch.float64) * trained.noise_scales) ** 2
@@ -199,12 +200,9 @@ class _Release:
             self._outcome(trained, row, bool(finite[row]))
             first, last = ends[row - 1] if row else 0, ends[row]
             rows = trained.gather[row, : last - first]
-            mine = {
-                name: compact[name][first:last]
-                for name in ("item_embedding.weight", "item_bias.weight")
-            }
-            if "global_bias.weight" in compact:
-                mine["global_bias.weight"] = compact["global_bias.weight"][row]
+            mine = {name: compact[name][first:last] for name in (ITEM_EMBEDDING, ITEM_BIAS)}
+            if GLOBAL_BIAS in compact:
+                mine[GLOBAL_BIAS] = compact[GLOBAL_BIAS][row]
             outside_std = 0.0
             if trained.noise_scales is not None:
                 outside_std = float(trained.noise_scales[row]) * trained.steps[row] ** 0.5
@@ -227,7 +225,7 @@ class _Release:
                     self.update_sum[name] += weight * torch.from_numpy(array)
                 continue
             for name, value in mine.items():
-                if name == "global_bias.weight":
+                if name == GLOBAL_BIAS:
                     self.update_sum[name] += weight * value
                 else:
                     self.update_sum[name].index_add_(0, rows, value * weight)
@@ -243,7 +241,7 @@ class _Release:
         if generator is None or not bool((self.outside_variance > 0).any()):
             return
         std = self.outside_variance.clamp(min=0).sqrt().float().unsqueeze(1)
-        for name in ("item_embedding.weight", "item_bias.weight"):
+        for name in (ITEM_EMBEDDING, ITEM_BIAS):
             noise = torch.empty(self.update_sum[name].shape).normal_(generator=generator)
             self.update_sum[name] += noise * std
 
@@ -279,19 +277,19 @@ def _train_chunk(
     for row, plan in enumerate(plans):
         kept = plan.member.state.user_arrays
         if kept is not None:
-            user_vectors[row] = torch.as_tensor(kept["user_embedding.weight"])
+            user_vectors[row] = torch.as_tensor(kept[USER_EMBEDDING])
     params = [
         user_vectors,
-        received["item_embedding.weight"][gather],
-        received["item_bias.weight"][gather],
+        received[ITEM_EMBEDDING][gather],
+        received[ITEM_BIAS][gather],
     ]
     if explicit:
         user_biases = torch.zeros(count, 1, 1)
         for row, plan in enumerate(plans):
             kept = plan.member.state.user_arrays
-            if kept is not None and "user_bias.weight" in kept:
-                user_biases[row] = torch.as_tensor(kept["user_bias.weight"])
-        params += [user_biases, received["global_bias.weight"].expand(count, -1, -1).clone()]
+            if kept is not None and USER_BIAS in kept:
+                user_biases[row] = torch.as_tensor(kept[USER_BIAS])
+        params += [user_biases, received[GLOBAL_BIAS].expand(count, -1, -1).clone()]
     grads = [torch.zeros_like(p) for p in params]
     private = privacy.record_level
     step = ClosedFormStep(
