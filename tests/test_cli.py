@@ -322,11 +322,19 @@ def test_tune_takes_the_grid_its_docs_show_and_refuses_a_bad_one(tmp_path):
         "rounds=1",
         "model.embedding_dim=8",
         "grid={reg:[1.0,3.0],frequent_fraction:[0.5]}",
+        "validation_carves=2",
         command="tune",
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "ok" / "tune.json").read_text())
     assert [row["reg"] for row in report["candidates"]] == [1.0, 3.0]
+    # each candidate scored on two carves (two seeds), chosen by their mean
+    assert len(set(report["validation"]["seeds"])) == 2
+    for row in report["candidates"]:
+        per_carve = row["validation_ndcg@10_per_carve"]
+        assert len(per_carve) == 2 and row["validation_ndcg@10"] == pytest.approx(
+            sum(per_carve) / 2
+        )
     assert {row["frequent_fraction"] for row in report["candidates"]} == {0.5}
     assert (tmp_path / "ok" / "best.yaml").exists()
     assert compose("tune", []).grid is None  # the default grid: fedrec.jobs.tune.DEFAULT_GRID

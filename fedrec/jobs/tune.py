@@ -61,6 +61,10 @@ class TuneJobConfig:
     ``max_items``, ``clip_norm``, ``frequent_fraction``, ``gram_noise_scale``) and
     ``embedding_dim``. Every combination is one validation federation of ``rounds`` rounds.
     ``privacy``: tune DP-ALS at a budget (``privacy=user``, ``privacy.user_target_epsilon``).
+    ``validation_carves``: how many validation splits (each carved with its own seed) every
+    candidate is scored on; the choice goes by the mean. A leave-one-out split holds one item per
+    user, so on ML-100K one carve scores a candidate on 943 items, and candidates 0.003 apart in
+    NDCG@10 are within its noise; k carves cut that noise by √k at k times the cost.
     """
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -71,14 +75,16 @@ class TuneJobConfig:
     rounds: int = 8
     metric: str = "ndcg@10"
     seed: int = 0
+    validation_carves: int = 1
 
 
-def validation_split(split: Split) -> Split:
-    """The training log split again by the dataset's own rule: what tuning may look at."""
+def validation_split(split: Split, carve: int = 0) -> Split:
+    """The training log split again by the dataset's own rule: what tuning may look at
+    (``carve``: which of several such splits, each with its own seed)."""
     return make_split(
         split.train,
         split.name,
-        seed=split.seed + VALIDATION_SEED_OFFSET,
+        seed=split.seed + VALIDATION_SEED_OFFSET + carve,
         test_ratio=_test_ratio(split),
         num_negatives=split.negatives.shape[1],
     )
@@ -203,7 +209,7 @@ def run_candidate(
 
 
 def score_on_validation(
-    validation: Split,
+    validation: Split | Sequence[Split],
     base: AlgorithmSpec,
     grid: list[dict],
     *,
@@ -212,23 +218,37 @@ def score_on_validation(
     seed: int,
     metric: str,
 ) -> list[dict]:
-    """Every candidate's validation ``metric``, as rows ``{**settings, "validation_<metric>"}``."""
+    """Every candidate's validation ``metric``, as rows ``{**settings, "validation_<metric>"}``:
+    its mean over the validation splits given (one, or several carves), each carve's score
+    under ``"validation_<metric>_per_carve"``."""
+    carves = [validation] if isinstance(validation, Split) else list(validation)
     rows = []
     for number, settings in enumerate(grid, 1):
         start = time.perf_counter()
-        scores = run_candidate(
-            validation, base, settings, rounds=rounds, privacy=privacy, seed=seed, metrics=(metric,)
+        per_carve = []
+        for carve in carves:
+            scores = run_candidate(
+                carve, base, settings, rounds=rounds, privacy=privacy, seed=seed, metrics=(metric,)
+            )
+            if metric not in scores:
+                raise ValueError(f"tune.metric='{metric}' is not a full-ranking metric")
+            per_carve.append(float(scores[metric]))
+        mean = float(np.mean(per_carve))
+        rows.append(
+            {
+                **settings,
+                f"validation_{metric}": mean,
+                f"validation_{metric}_per_carve": per_carve,
+            }
         )
-        if metric not in scores:
-            raise ValueError(f"tune.metric='{metric}' is not a full-ranking metric")
-        rows.append({**settings, f"validation_{metric}": scores[metric]})
         logger.info(
-            "candidate %d/%d %s: validation %s %.4f (%.1f s)",
+            "candidate %d/%d %s: validation %s %.4f over %d carve(s) (%.1f s)",
             number,
             len(grid),
             settings,
             metric,
-            scores[metric],
+            mean,
+            len(carves),
             time.perf_counter() - start,
         )
     return rows
@@ -244,18 +264,22 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
         )
     if cfg.rounds < 1:
         raise ValueError(f"tune.rounds={cfg.rounds}; expected >= 1")
+    if not 1 <= cfg.validation_carves <= 20:
+        raise ValueError(f"tune.validation_carves={cfg.validation_carves}; expected 1..20")
     grid = candidates(cfg.algorithm, cfg.model.embedding_dim, grid_of(cfg.grid))
     split = load_split(cfg.dataset)
-    validation = validation_split(split)
+    carves = [validation_split(split, carve) for carve in range(cfg.validation_carves)]
+    validation = carves[0]
     logger.info(
-        "tune: %d candidates on a validation split of the training log (%d users, %d held-out "
-        "interactions); the test split chooses nothing",
+        "tune: %d candidates on %d validation split(s) of the training log (%d users, %d "
+        "held-out interactions each); the test split chooses nothing",
         len(grid),
+        len(carves),
         len(validation.test_users),
         len(validation.test),
     )
     rows = score_on_validation(
-        validation,
+        carves,
         cfg.algorithm,
         grid,
         rounds=cfg.rounds,
@@ -281,7 +305,11 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
                 "dataset": split.train.source,
                 "metric": cfg.metric,
                 "rounds": cfg.rounds,
-                "validation": {"rule": split.name, "seed": validation.seed},
+                "validation": {
+                    "rule": split.name,
+                    "seeds": [carve.seed for carve in carves],
+                    "held_out_per_carve": len(validation.test),
+                },
                 "candidates": rows,
                 "best": chosen,
                 "test": test_scores,
