@@ -323,6 +323,7 @@ def test_tune_takes_the_grid_its_docs_show_and_refuses_a_bad_one(tmp_path):
         "model.embedding_dim=8",
         "grid={reg:[1.0,3.0],frequent_fraction:[0.5]}",
         "validation_carves=2",
+        "dataset.split.name=random_leave_one_out",
         command="tune",
     )
     assert done.returncode == 0, done.stderr
@@ -335,6 +336,11 @@ def test_tune_takes_the_grid_its_docs_show_and_refuses_a_bad_one(tmp_path):
         assert len(per_carve) == 2 and row["validation_ndcg@10"] == pytest.approx(
             sum(per_carve) / 2
         )
+    assert any(len(set(r["validation_ndcg@10_per_carve"])) == 2 for r in report["candidates"])
+    # a temporal rule holds out the same items whatever the seed: carves would repeat one split
+    done = run_cli(tmp_path / "same", "rounds=1", "validation_carves=2", command="tune")
+    assert done.returncode == 2
+    assert "would be the same split" in done.stdout + done.stderr
     assert {row["frequent_fraction"] for row in report["candidates"]} == {0.5}
     assert (tmp_path / "ok" / "best.yaml").exists()
     assert compose("tune", []).grid is None  # the default grid: fedrec.jobs.tune.DEFAULT_GRID

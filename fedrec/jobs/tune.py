@@ -62,9 +62,11 @@ class TuneJobConfig:
     ``embedding_dim``. Every combination is one validation federation of ``rounds`` rounds.
     ``privacy``: tune DP-ALS at a budget (``privacy=user``, ``privacy.user_target_epsilon``).
     ``validation_carves``: how many validation splits (each carved with its own seed) every
-    candidate is scored on; the choice goes by the mean. A leave-one-out split holds one item per
-    user, so on ML-100K one carve scores a candidate on 943 items, and candidates 0.003 apart in
-    NDCG@10 are within its noise; k carves cut that noise by √k at k times the cost.
+    candidate is scored on; the choice goes by the mean. A random leave-one-out split holds one
+    item per user, so one carve of a 943-user log scores a candidate on 943 items, and
+    candidates a few thousandths of NDCG@10 apart are within its noise; k carves cut that noise
+    by √k at k times the cost. Only for split rules that draw by seed: a temporal rule holds out
+    the same items every time, and k > 1 is refused.
     """
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -148,6 +150,11 @@ def run_als_in_process(
         InProcessTransport(source, split_replies=False), plan, initial, on_round=keep
     )
     return last, table
+
+
+def _same_held_out(first: Split, second: Split) -> bool:
+    pairs = [np.stack([split.test.users, split.test.items]).T.tolist() for split in (first, second)]
+    return sorted(map(tuple, pairs[0])) == sorted(map(tuple, pairs[1]))
 
 
 def grid_of(value: Any) -> dict[str, list[Any]]:
@@ -270,6 +277,13 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
     split = load_split(cfg.dataset)
     carves = [validation_split(split, carve) for carve in range(cfg.validation_carves)]
     validation = carves[0]
+    if len(carves) > 1 and _same_held_out(carves[0], carves[1]):
+        raise ValueError(
+            f"tune.validation_carves={cfg.validation_carves}: the split rule '{split.name}' "
+            "holds out the same interactions whatever its seed (a temporal rule), so every carve "
+            "would be the same split. Use validation_carves=1, or a rule that draws by seed "
+            "(dataset.split.name=random_leave_one_out or random_ratio)"
+        )
     logger.info(
         "tune: %d candidates on %d validation split(s) of the training log (%d users, %d "
         "held-out interactions each); the test split chooses nothing",
