@@ -47,6 +47,7 @@ from fedrec.config.algorithm import AlgorithmSpec  # noqa: E402
 from fedrec.data import Split, load_split  # noqa: E402
 from fedrec.eval import EvalSpec  # noqa: E402
 from fedrec.jobs.tune import (  # noqa: E402
+    DEFAULT_GRID,
     candidates,
     run_candidate,
     score_on_validation,
@@ -160,11 +161,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
 
     started = time.perf_counter()
     base = AlgorithmSpec(name="als")
-    grid = {
-        "reg": [1.0, 3.0, 10.0],
-        "unobserved_weight": [0.1, 0.3, 1.0],
-        "embedding_dim": [ALS_DIM, 2 * ALS_DIM],
-    }
+    grid = {**DEFAULT_GRID, "embedding_dim": [ALS_DIM, 2 * ALS_DIM]}
     if args.quick:
         # dim 64 only: 128 costs ~3x per run and, chosen on ML-100K's validation split, did
         # no better on test (RESULTS.md, 2026-12-06 23:27)

@@ -62,6 +62,7 @@ def simulate_summary(
     rows = recorder.rows
     last = rows[-1] if rows else {}
     dp_als = plan.als is not None and plan.als.privacy is not None
+    distributed = dp_als and plan.als.privacy.distributed
     final = final_metrics(cfg, last, user_level=plan.user_level is not None or dp_als)
     totals = {
         key: sum(row.get(key, 0) for row in rows)
@@ -109,7 +110,7 @@ def simulate_summary(
             "accountant": "rdp",
             "budget": privacy.user_target_epsilon,
         }
-        if dp.distributed:
+        if distributed:
             summary_privacy["user_level"] |= {
                 "mechanism": "distributed DP-ALS: the devices' noise shares in the SecAgg+ sum, "
                 "topped up by the server where shares dropped (fedrec.privacy.als)",
@@ -131,11 +132,7 @@ def simulate_summary(
             "trainer": cfg.federation.resolved_trainer,
             "privacy": {
                 "mode": privacy.mode,
-                "guarantee": (
-                    DISTRIBUTED_DP_ALS_GUARANTEE
-                    if dp_als and plan.als.privacy.distributed
-                    else DP_ALS_GUARANTEE
-                )
+                "guarantee": (DISTRIBUTED_DP_ALS_GUARANTEE if distributed else DP_ALS_GUARANTEE)
                 if dp_als
                 else PRIVACY_MODES.get(privacy.mode).guarantee,
                 "delta": privacy.delta,
@@ -162,11 +159,7 @@ def simulate_summary(
                     **dataclasses.asdict(secagg),
                     "server_saw": (
                         SERVER_SAW_ALS
-                        + (
-                            ", with the devices' noise shares in it"
-                            if cfg.algorithm.noise_shares
-                            else ""
-                        )
+                        + (", with the devices' noise shares in it" if distributed else "")
                     )
                     if cfg.algorithm.name == "als"
                     else SERVER_SAW,

@@ -243,11 +243,12 @@ def noise_share(
         spec.count_noise_scale,
     )
     root_t = math.sqrt(spec.noise_shares)
-    counts = dense[COUNTS] if spec.release_counts else np.zeros_like(dense[COUNTS])
     noisy = {
         GRAM: add_noise(dense[GRAM], stds["gram"] / root_t, rng),
         RHS: add_noise(dense[RHS], stds["rhs"] / root_t, rng),
-        COUNTS: add_noise(counts, stds["counts"] / root_t, rng) if spec.release_counts else counts,
+        COUNTS: add_noise(dense[COUNTS], stds["counts"] / root_t, rng)
+        if spec.release_counts
+        else np.zeros_like(dense[COUNTS]),
     }
     return {name: value.astype(np.asarray(dense[name]).dtype) for name, value in noisy.items()}
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.training.als.solve import symmetrize
+
 ITEMS, LHS, RHS, COUNTS, GRAM = "als.items", "als.lhs", "als.rhs", "als.counts", "als.gram"
 STATISTIC_NAMES = (ITEMS, LHS, RHS, COUNTS, GRAM)
 
@@ -148,6 +150,6 @@ def sums_from_secure_mean(
     return {
         ITEMS: np.arange(len(counts), dtype=np.int64),
         COUNTS: counts,
-        GRAM: (gram + gram.T) / 2,
+        GRAM: symmetrize(gram),
         RHS: np.asarray(mean[RHS], np.float64) * users,
     }
