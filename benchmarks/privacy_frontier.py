@@ -10,8 +10,9 @@ For each dataset, on its test split (full-ranking metrics over every test user):
 - **federated ALS** (``algorithm=als``), its ``reg`` / ``unobserved_weight`` / dimension
   (64 or 128; ``--quick``: 64) chosen by :func:`fedrec.jobs.tune` 's validation procedure (a
   split carved from the training log);
-- **DP-ALS** at each user-level ε, its dimension, frequent share and popularity weight chosen on
-  the same validation split *at that ε*, with the count release's share of the budget (fixed:
+- **DP-ALS** at each user-level ε, its start (random, or ``covariance_start``: the private item
+  covariance's eigenvectors), dimension, frequent share and popularity weight chosen on the
+  same validation split *at that ε*, with the count release's share of the budget (fixed:
   Γ = 1, B = 20, 2 rounds, ``item_grams=false``; found in validation runs, RESULTS.md);
 - **DP-SGD MF** at each record-level ε, the recipes ``fedrec sweep`` runs (its presets'), and the
   **private popularity** ranking at each user-level ε (``fedrec.jobs.popularity``).
@@ -79,13 +80,20 @@ def centralized_mf(dataset: str, seed: int) -> dict[str, float]:
 
 
 def choose_on_validation(
-    validation: Split, grid: dict, base: AlgorithmSpec, *, privacy: PrivacySpec, rounds: int
+    validation: Split,
+    grid: dict | list[dict],
+    base: AlgorithmSpec,
+    *,
+    privacy: PrivacySpec,
+    rounds: int,
 ) -> tuple[dict, float]:
-    """The grid point with the best validation NDCG@10 (``fedrec tune``'s procedure)."""
+    """The point of the grid (or of the union of several) with the best validation NDCG@10
+    (``fedrec tune``'s procedure)."""
+    grids = grid if isinstance(grid, list) else [grid]
     rows = score_on_validation(
         validation,
         base,
-        candidates(base, ALS_DIM, grid),
+        [point for g in grids for point in candidates(base, ALS_DIM, g)],
         rounds=rounds,
         privacy=privacy,
         seed=0,
@@ -195,19 +203,31 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
         "popularity_weight": [0.0, 3.0, 20.0],  # at most MAX_POPULARITY_WEIGHT (22)
         "count_noise_scale": [0.5, 1.0],
     }
+    # the covariance start (docs/als.md): round 1 the popularity, round 2 the item covariance
+    covariance_grid = {
+        "covariance_start": [True],
+        "embedding_dim": [8, 16],
+        "frequent_fraction": [0.05, 0.1],
+        "popularity_weight": [0.0, 3.0],
+        "count_noise_scale": [1.0, 2.0],
+    }
     if args.quick:
         dp_grid["frequent_fraction"] = [0.05]
+        covariance_grid |= {"frequent_fraction": [0.05], "count_noise_scale": [1.0]}
         if dataset != "ml100k":  # 6,040 users: a validation run costs ~10x ML-100K's
             dp_grid["embedding_dim"] = [16]
+            covariance_grid["popularity_weight"] = [0.0]
     dp_rounds = 2
     for eps in args.epsilons:
         privacy = PrivacySpec(mode="user", user_target_epsilon=eps, delta=DELTA)
         started = time.perf_counter()
         picked, score = choose_on_validation(
-            validation, dp_grid, dp_base, privacy=privacy, rounds=dp_rounds
+            validation, [dp_grid, covariance_grid], dp_base, privacy=privacy, rounds=dp_rounds
         )
+        start = "covariance start" if picked["covariance_start"] else "random start"
         note = (
-            f"validation {score:.4f}: dim {picked['embedding_dim']}, B {picked['max_items']}, "
+            f"validation {score:.4f}: {start}, dim {picked['embedding_dim']}, "
+            f"B {picked['max_items']}, "
             f"frequent {picked['frequent_fraction']}, pop. weight {picked['popularity_weight']}, "
             f"count noise ×{picked['count_noise_scale']}, "
             f"{picked['rounds']} rounds"

@@ -29,7 +29,11 @@ class AlgorithmSpec:
     by the server (central); in (0, 1], distributed DP on SecAgg+: each device adds a share
     sized so that this fraction of the round's devices (t = ⌈fraction · clients_per_round⌉)
     together add it all, and the server tops up what dropped shares miss
-    (:mod:`fedrec.privacy.als`).
+    (:mod:`fedrec.privacy.als`). ``covariance_start``: the first table comes from the users'
+    item-item covariance (round 1 releases each user's items weighted 1/√k, which chooses the
+    frequent items; round 2 each user's normalized co-occurrence over those; the server takes
+    the top eigenvectors), a release of sensitivity 1 for a user's whole log instead of B items
+    and a clipped factor (:mod:`fedrec.training.als.covariance`); later rounds are ALS rounds.
     """
 
     name: str = "mf"
@@ -43,6 +47,7 @@ class AlgorithmSpec:
     item_grams: bool = True
     popularity_weight: float = 0.0
     noise_shares: float = 0.0
+    covariance_start: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in ALGORITHMS:
@@ -56,6 +61,15 @@ class AlgorithmSpec:
             raise ValueError(
                 f"algorithm.noise_shares={self.noise_shares}; expected 0 (the server adds the "
                 "noise) or a share of the round's devices in (0, 1]"
+            )
+        if not isinstance(self.covariance_start, bool):
+            raise ValueError(
+                f"algorithm.covariance_start={self.covariance_start!r}; expected true or false"
+            )
+        if self.covariance_start and self.noise_shares:
+            raise ValueError(
+                "algorithm.covariance_start has no distributed mode: the covariance of the "
+                "frequent items is too large to mask densely on SecAgg+ (set noise_shares=0)"
             )
         for name in ("gram_noise_scale", "count_noise_scale"):
             if not getattr(self, name) > 0:

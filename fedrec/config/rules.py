@@ -137,6 +137,18 @@ RULES: list[Rule] = [
     ),
     (
         lambda c: (
+            c.algorithm.name == "als"
+            and c.algorithm.covariance_start
+            and c.secure_aggregation.enabled
+        ),
+        lambda c: (
+            _SECAGG + "algorithm.covariance_start=false: its round 2 sends each user's "
+            "co-occurrence over the frequent items, which SecAgg+ would mask densely as "
+            "items² values per user (not built)"
+        ),
+    ),
+    (
+        lambda c: (
             c.algorithm.name == "als" and c.secure_aggregation.enabled and c.algorithm.item_grams
         ),
         lambda c: (
@@ -174,6 +186,10 @@ RULES: list[Rule] = [
             "secure_aggregation=secaggplus: without secure aggregation the server sees each "
             "device's statistics with only a small share of the noise on them"
         ),
+    ),
+    (
+        lambda c: c.algorithm.covariance_start and c.algorithm.name != "als",
+        lambda c: "algorithm.covariance_start is a way to start algorithm=als; set name=als",
     ),
     (
         lambda c: c.algorithm.name == "als" and c.federation.weighting != "uniform",

@@ -19,6 +19,12 @@ table deltas. The rule keeps the classification of :class:`~fedrec.federation.ru
    miss, checks only the sum's form, and keeps a second ε for what it saw itself.
 4. **solve** every trained item's factor in closed form.
 
+With ``covariance_start`` the first two rounds differ (:mod:`fedrec.training.als.covariance`):
+round 1 sums (and noises) the users' unit-norm popularity, which chooses the frequent items; the
+table keeps its random rows there and zeroes the rest, so the devices know which items the next
+release covers. Round 2 sums (and noises) the item-item covariance over them, and the first item
+table is its top eigenvectors. Later rounds are ALS rounds.
+
 A round without accepted statistics is skipped (non-private), or, under DP, released from the
 noise alone (whether a release happens must not depend on who took part).
 """
@@ -39,7 +45,13 @@ from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.privacy.als import AlsPrivacyPlan, PrivacyStep, add_noise, topup_fraction
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
-from fedrec.training.als.solve import project_psd, solve_items, symmetrize
+from fedrec.training.als.covariance import COVARIANCE, RELEASE_NAMES
+from fedrec.training.als.solve import (
+    items_from_covariance,
+    project_psd,
+    solve_items,
+    symmetrize,
+)
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, statistic_names
 from fedrec.training.table_check import TableLimits
 
@@ -62,6 +74,7 @@ class AlsServerPlan:
     frequent_fraction: float = 1.0  # the share of items (by private count) the model trains
     privacy: AlsPrivacyPlan | None = None
     popularity_weight: float = 0.0  # a trained item's bias: this × its (private) count / the top
+    covariance_start: bool = False  # rounds 1-2: popularity, then the covariance's eigenvectors
 
     def __post_init__(self) -> None:
         if not 0 < self.frequent_fraction <= 1:
@@ -73,22 +86,31 @@ class AlsServerPlan:
                 f"{TableLimits().max_bias_above_median:g} above the median bias, and every "
                 "device's table check would refuse the table as crafted"
             )
-        if self.privacy is not None and self.privacy.item_grams != self.spec.item_grams:
+        if self.privacy is not None and (
+            self.privacy.item_grams != self.spec.item_grams
+            or self.privacy.covariance_start != self.covariance_start
+        ):
             raise ValueError("the DP-ALS plan must account for exactly the sums the server uses")
 
 
 class _Popularity:
-    """The count release and the frequent set it chose: the rule's state to checkpoint."""
+    """The count release and the frequent set it chose, and whether the covariance start's
+    covariance was released: the rule's state to checkpoint."""
 
     def __init__(self) -> None:
         self.counts: np.ndarray | None = None
+        self.covariance_done = False
 
     def state(self) -> dict[str, Arrays]:
-        return {} if self.counts is None else {"als": {"counts": self.counts}}
+        if self.counts is None:
+            return {}
+        return {"als": {"counts": self.counts, "covariance": np.array(self.covariance_done)}}
 
     def restore(self, moments: dict[str, Arrays]) -> None:
-        counts = moments.get("als", {}).get("counts")
+        saved = moments.get("als", {})
+        counts = saved.get("counts")
         self.counts = None if counts is None else np.asarray(counts, dtype=np.float64)
+        self.covariance_done = bool(saved.get("covariance", False))
 
 
 class AlsRule(ServerRule):
@@ -104,11 +126,21 @@ class AlsRule(ServerRule):
             self.min_replies = 0
 
     def round_config(self, server_round: int, config: dict) -> dict:
-        """Distributed DP-ALS: the devices add count noise shares only in the round that
-        releases the counts (the first)."""
+        """What the devices send this round: a covariance start's first two releases
+        (``als.release``); under distributed DP-ALS, whether they add count noise shares (only
+        in the round that releases the counts, the first)."""
+        if self.plan.covariance_start:
+            config = {**config, "als.release": self._release_now()}
         if self.plan.privacy is None or not self.plan.privacy.distributed:
             return config
         return {**config, "als.release_counts": self._releases_counts_now()}
+
+    def _release_now(self) -> str:
+        if not self.plan.covariance_start:
+            return "factors"
+        if self.step.counts is None:  # type: ignore[attr-defined]
+            return "popularity"
+        return "factors" if self.step.covariance_done else "covariance"  # type: ignore[attr-defined]
 
     def _releases_counts_now(self) -> bool:
         private = self.plan.privacy
@@ -120,6 +152,16 @@ class AlsRule(ServerRule):
             return "trained users but no statistics"
         num_items, dim = expected[ITEM_EMBEDDING][0]
         private = self.plan.privacy
+        release = self._release_now()
+        if release != "factors":
+            counts = self.step.counts  # type: ignore[attr-defined]
+            return start_release_rejection(
+                reply.arrays,
+                release=release,
+                num_items=num_items,
+                users=len(reply.trained),
+                trained=None if counts is None else self._frequent(counts),
+            )
         return statistics_rejection(
             reply.arrays,
             num_items=num_items,
@@ -149,12 +191,15 @@ class AlsRule(ServerRule):
             )
             return None
         num_items, dim = current[ITEM_EMBEDDING].shape
+        release = self._release_now()
+        if release != "factors":
+            return self._start_release(release, current, accepted, record)
         lhs, rhs, counts, gram = _dense_sums(
             accepted, num_items, dim, item_grams=self.plan.spec.item_grams
         )
         if private is not None:
             count_release = self._releases_counts_now()
-            epsilon = private.epsilon_after(self.releases + 1, self._count_releases(count_release))
+            epsilon = private.epsilon_of(private.run_history(self.releases + 1))
             fraction = 1.0
             if private.distributed:  # the devices' shares are in the sums; top up what's missing
                 fraction = topup_fraction(record.accepted, private.noise_shares)
@@ -207,7 +252,14 @@ class AlsRule(ServerRule):
         table = solve_items(
             lhs, rhs, gram, reg=spec.reg, unobserved_weight=spec.unobserved_weight, rows=trained
         )
-        bias = np.zeros((num_items, 1))
+        return self._table(table, popularity, trained, current)
+
+    def _table(
+        self, table: np.ndarray, popularity: np.ndarray, trained: np.ndarray, current: Arrays
+    ) -> Arrays:
+        """The released arrays: the factors, and biases that rank the untrained items by the
+        (private) popularity below every trained one."""
+        bias = np.zeros((len(popularity), 1))
         share = np.clip(popularity / max(float(np.max(popularity)), 1.0), 0, 1)
         bias[trained, 0] = self.plan.popularity_weight * share[trained]
         bias[~trained, 0] = UNTRAINED_BIAS + share[~trained]
@@ -217,9 +269,50 @@ class AlsRule(ServerRule):
             ITEM_BIAS: bias.astype(current[ITEM_BIAS].dtype),
         }
 
-    def _count_releases(self, releasing_now: bool) -> int:
-        already = self.step.counts is not None and self.plan.privacy is not None  # type: ignore[attr-defined]
-        return int(already or releasing_now)
+    def _start_release(
+        self, release: str, current: Arrays, accepted: Sequence[NodeReply], record: RoundRecord
+    ) -> Arrays:
+        """A covariance start's round 1 (``popularity``) or 2 (``covariance``): sum, noise
+        once (DP), and the table that follows."""
+        num_items, dim = current[ITEM_EMBEDDING].shape
+        private = self.plan.privacy
+        if release == "popularity":
+            popularity = np.zeros(num_items)
+            for reply in accepted:
+                popularity[np.asarray(reply.arrays[ITEMS], np.int64)] += reply.arrays[COUNTS]  # type: ignore[index]
+            if private is not None:
+                popularity = add_noise(popularity, private.stds["counts"], self.rng)
+            self.step.counts = popularity  # type: ignore[attr-defined]
+            trained = self._frequent(popularity)
+            # the random rows stay where the covariance will be released: the devices read
+            # which items it covers from the table
+            table = np.where(trained[:, None], current[ITEM_EMBEDDING], 0.0)
+        else:
+            popularity = self.step.counts  # type: ignore[attr-defined]
+            trained = self._frequent(popularity)
+            ids = np.flatnonzero(trained)
+            cov = np.zeros((len(ids), len(ids)))
+            for reply in accepted:
+                at = np.searchsorted(ids, np.asarray(reply.arrays[ITEMS], np.int64))  # type: ignore[index]
+                cov[np.ix_(at, at)] += reply.arrays[COVARIANCE]  # type: ignore[index]
+            if private is not None:
+                cov = symmetric_noise(cov, private.stds["covariance"], self.rng)
+            table = np.zeros((num_items, dim))
+            table[ids] = items_from_covariance(cov, dim)
+            self.step.covariance_done = True  # type: ignore[attr-defined]
+        if private is not None:
+            self.releases += 1
+            record.user_level_epsilon = private.epsilon_of(private.run_history(self.releases))
+            logger.info(
+                "round %d: DP-ALS %s release of %d users, noise z=%.4g; user-level ε %.4g (δ=%g)",
+                record.server_round,
+                release,
+                record.accepted,
+                private.noise_multiplier,
+                record.user_level_epsilon,
+                private.delta,
+            )
+        return self._table(table, popularity, trained, current)
 
     def _frequent(self, popularity: np.ndarray) -> np.ndarray:
         fraction = self.plan.frequent_fraction
@@ -253,6 +346,57 @@ def noisy_sums(
         add_noise(counts, stds["counts"], rng),
         symmetrize(add_noise(gram, stds["gram"], rng)),
     )
+
+
+def symmetric_noise(matrix: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """``matrix`` plus i.i.d. N(0, std²) on every entry of its upper triangle (diagonal included),
+    mirrored below: the Gaussian mechanism on the values a symmetric release really has."""
+    upper = np.triu(rng.normal(0.0, std, size=np.shape(matrix)))
+    return np.asarray(matrix, dtype=np.float64) + upper + np.triu(upper, 1).T
+
+
+def start_release_rejection(
+    arrays: Arrays, *, release: str, num_items: int, users: int, trained: np.ndarray | None
+) -> str | None:
+    """Why a reply's covariance-start release (summed over ``users`` users) must be refused, or
+    None. Each honest user adds a popularity vector of L2 norm 1 with entries in (0, 1], or a
+    PSD covariance block of Frobenius norm and trace 1 with entries in (0, 1] over items that
+    ``trained`` marks; a sum of ``users`` stays within ``users`` times that."""
+    expected = RELEASE_NAMES[release]
+    if set(arrays) != set(expected):
+        return f"array names {sorted(arrays)}; expected {sorted(expected)} (a {release} release)"
+    items = np.asarray(arrays[ITEMS])
+    k = len(items) if items.ndim == 1 else -1
+    values = np.asarray(arrays[expected[1]], dtype=np.float64)
+    shape = (k,) if release == "popularity" else (k, k)
+    if values.shape != shape:
+        return f"'{expected[1]}' has shape {values.shape}; expected {shape}"
+    if not np.isfinite(values).all():
+        return f"'{expected[1]}' holds NaN or infinite values"
+    if k and (
+        np.any(items != np.round(items))
+        or items.min() < 0
+        or items.max() >= num_items
+        or np.any(np.diff(items) <= 0)
+    ):
+        return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
+    covered = trained is None or release != "covariance" or not k
+    if not covered and not trained[items.astype(np.int64)].all():  # type: ignore[index]
+        return f"'{ITEMS}' lists items the table does not train"
+    slack = 1 + 1e-4
+    if np.any(values < 0) or np.any(values > users * slack):
+        return f"'{expected[1]}' must lie in [0, {users}] (users summed)"
+    norm = float(np.linalg.norm(values))
+    if norm > users * slack:
+        return f"‖{expected[1]}‖ {norm:.4g} exceeds what {users} unit-norm users can send"
+    if release == "covariance" and k:
+        if np.abs(values - values.T).max() > _TOLERANCE * (1 + values.max()):
+            return f"'{COVARIANCE}' is not symmetric"
+        if float(np.trace(values)) > users * slack:
+            return f"the trace of '{COVARIANCE}' exceeds {users} (users summed)"
+        if np.linalg.eigvalsh(values).min() < -_TOLERANCE * (1 + values.max()):
+            return f"'{COVARIANCE}' is not positive semi-definite"
+    return None
 
 
 def statistics_rejection(

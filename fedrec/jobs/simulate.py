@@ -131,6 +131,11 @@ def als_server_plan(
     ``devices_per_round`` (rounded up), and the spec the devices receive asks them for it."""
     dp = None
     spec = algorithm.als_spec()
+    if algorithm.covariance_start and rounds < 2:
+        raise ValueError(
+            f"algorithm.covariance_start needs federation.rounds >= 2 (got {rounds}): round 1 "
+            "releases the popularity, round 2 the item covariance that makes the first table"
+        )
     if privacy.user_level:
         shares = (
             math.ceil(algorithm.noise_shares * devices_per_round - 1e-9)
@@ -150,6 +155,7 @@ def als_server_plan(
             item_grams=algorithm.item_grams,
             count_noise_scale=algorithm.count_noise_scale,
             noise_shares=shares,
+            covariance_start=algorithm.covariance_start,
         )
         if dp.distributed:
             spec = dataclasses.replace(
@@ -164,7 +170,7 @@ def als_server_plan(
             dp.noise_multiplier,
             dp.clip_norm,
             dp.max_items,
-            dp.epsilon_after(rounds, 1),
+            dp.epsilon_of(dp.run_history(rounds)),
             rounds,
             dp.delta,
         )
@@ -173,6 +179,7 @@ def als_server_plan(
         frequent_fraction=algorithm.frequent_fraction,
         privacy=dp,
         popularity_weight=algorithm.popularity_weight,
+        covariance_start=algorithm.covariance_start,
     )
 
 

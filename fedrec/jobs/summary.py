@@ -110,6 +110,12 @@ def simulate_summary(
             "accountant": "rdp",
             "budget": privacy.user_target_epsilon,
         }
+        if dp.covariance_start:
+            summary_privacy["user_level"]["mechanism"] = (
+                "DP-ALS with a covariance start: Gaussian noise on the users' unit-norm "
+                "popularity (round 1), on their item covariance (round 2; each of sensitivity "
+                "1 for a user's whole log), then on the summed statistics (fedrec.privacy.als)"
+            )
         if distributed:
             summary_privacy["user_level"] |= {
                 "mechanism": "distributed DP-ALS: the devices' noise shares in the SecAgg+ sum, "

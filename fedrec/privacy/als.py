@@ -21,7 +21,14 @@ all ``b_j = Σ u``      √B · Γ           ``z · √B · Γ``                
 ====================  ===============  ============================  =====================
 
 plus, once, the item counts ``n_j`` (sensitivity √B, std ``count_noise_scale·z·√B``) that choose
-the frequent items the model trains (the others are ranked by that private popularity). Noise is
+the frequent items the model trains (the others are ranked by that private popularity).
+
+**Covariance start** (``covariance_start``, :mod:`fedrec.training.als.covariance`): the run's
+first two rounds release, instead, the users' items weighted 1/√k (sensitivity 1, std
+``count_noise_scale · z``: the popularity that chooses the frequent items) and the item-item
+covariance Σ x̂x̂ᵀ over the frequent items (sensitivity 1, std ``z`` on every entry of its upper
+triangle, mirrored), whose top eigenvectors are the first item table; rounds after those are the
+factor releases above. Noise is
 i.i.d. on every entry (the d×d matrices are then symmetrised and projected to PSD:
 post-processing). Every user is counted in every round (sampling rate 1: no amplification is
 claimed, so the guarantee holds whoever was sampled or dropped out). RDP composes the releases
@@ -60,15 +67,18 @@ def noise_stds(
     max_items: int,
     gram_noise_scale: float,
     count_noise_scale: float,
+    covariance_start: bool = False,
 ) -> dict[str, float]:
     """The noise std of each released sum (the table above): one formula for the server's
-    noise and the devices' shares."""
+    noise and the devices' shares. A covariance start's counts are the unit-norm popularity
+    (sensitivity 1, not √B)."""
     z, root_b = noise_multiplier, math.sqrt(max_items)
     return {
         "gram": gram_noise_scale * z * clip_norm**2,
         "lhs": z * root_b * clip_norm**2,
         "rhs": z * root_b * clip_norm,
-        "counts": count_noise_scale * z * root_b,
+        "counts": count_noise_scale * z * (1.0 if covariance_start else root_b),
+        "covariance": z,
     }
 
 
@@ -85,6 +95,7 @@ class AlsPrivacyPlan:
     item_grams: bool = True  # False: the A_j are not released (the server uses n_j · G / N)
     count_noise_scale: float = 1.0  # the one count release's multiplier, relative to z
     noise_shares: int = 0  # t > 0: distributed DP, the devices add shares of std/√t (SecAgg+)
+    covariance_start: bool = False  # rounds 1-2 release the popularity and the item covariance
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0 or self.max_items < 1:
@@ -103,6 +114,11 @@ class AlsPrivacyPlan:
                 f"noise_shares={self.noise_shares}: expected >= 0, and distributed DP needs "
                 "item_grams=false (SecAgg+ carries no per-item Grams)"
             )
+        if self.covariance_start and (self.noise_shares or not self.count_release):
+            raise ValueError(
+                "covariance_start releases the popularity first (count_release) and has no "
+                "distributed mode (noise_shares must be 0)"
+            )
 
     @property
     def distributed(self) -> bool:
@@ -117,6 +133,7 @@ class AlsPrivacyPlan:
             self.max_items,
             self.gram_noise_scale,
             self.count_noise_scale,
+            self.covariance_start,
         )
 
     def server_view_steps(self, shares: int, counts_released: bool) -> list[PrivacyStep]:
@@ -131,17 +148,29 @@ class AlsPrivacyPlan:
             steps.append((self.count_noise_scale * z, 1.0, 1))
         return steps
 
-    def history(self, releases: int, count_releases: int) -> list[PrivacyStep]:
-        """The Gaussian mechanisms of ``releases`` rounds and ``count_releases`` count releases
-        as (noise multiplier, sampling rate, times): what an Opacus accountant composes."""
+    def history(
+        self, releases: int, count_releases: int, covariance_releases: int = 0
+    ) -> list[PrivacyStep]:
+        """The Gaussian mechanisms of ``releases`` factor rounds, ``count_releases`` count
+        releases and ``covariance_releases`` covariance releases as (noise multiplier, sampling
+        rate, times): what an Opacus accountant composes."""
         z = self.noise_multiplier
         per_item = 2 if self.item_grams else 1  # (A_j and) b_j
         steps = [(self.gram_noise_scale * z, 1.0, releases), (z, 1.0, per_item * releases)]
         steps.append((self.count_noise_scale * z, 1.0, count_releases))
+        steps.append((z, 1.0, covariance_releases))
         return [step for step in steps if step[2] > 0]
 
-    def epsilon_after(self, releases: int, count_releases: int) -> float:
-        return self.epsilon_of(self.history(releases, count_releases))
+    def epsilon_after(
+        self, releases: int, count_releases: int, covariance_releases: int = 0
+    ) -> float:
+        return self.epsilon_of(self.history(releases, count_releases, covariance_releases))
+
+    def run_history(self, rounds: int) -> list[PrivacyStep]:
+        """Every release of a whole run of ``rounds`` rounds."""
+        if self.covariance_start:
+            return self.history(max(rounds - 2, 0), 1, int(rounds >= 2))
+        return self.history(rounds, int(self.count_release))
 
     def epsilon_of(self, steps: list[PrivacyStep]) -> float:
         """ε at this plan's δ over ``steps`` (Opacus' RDP accountant, imported only here)."""
@@ -156,12 +185,15 @@ def mechanisms_per_unit(
     count_release: bool,
     item_grams: bool = True,
     count_noise_scale: float = 1.0,
+    covariance_start: bool = False,
 ) -> float:
     """Σ 1/multiplier² of a whole run in units of 1/z²: the run is as private as one Gaussian
-    mechanism of multiplier z/√(this), which is how a target ε solves z."""
+    mechanism of multiplier z/√(this), which is how a target ε solves z. A covariance start
+    spends its first two rounds on the counts and one covariance release."""
     per_item = 2 if item_grams else 1
     counts = 1 / count_noise_scale**2 if count_release else 0.0
-    return rounds * (per_item + 1 / gram_noise_scale**2) + counts
+    factor_rounds, covariance = (max(rounds - 2, 0), 1.0) if covariance_start else (rounds, 0.0)
+    return factor_rounds * (per_item + 1 / gram_noise_scale**2) + counts + covariance
 
 
 def plan_dp_als(
@@ -177,6 +209,7 @@ def plan_dp_als(
     item_grams: bool = True,
     count_noise_scale: float = 1.0,
     noise_shares: int = 0,
+    covariance_start: bool = False,
 ) -> AlsPrivacyPlan:
     """The plan of a run: ``noise_multiplier`` as given, or the smallest one that keeps the
     whole run within ``target_epsilon`` (solved on the run's exact RDP composition)."""
@@ -184,7 +217,7 @@ def plan_dp_als(
         from fedrec.privacy.accounting import solve_noise_multiplier
 
         units = mechanisms_per_unit(
-            rounds, gram_noise_scale, count_release, item_grams, count_noise_scale
+            rounds, gram_noise_scale, count_release, item_grams, count_noise_scale, covariance_start
         )
         single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1)
         noise_multiplier = single * math.sqrt(units)
@@ -200,9 +233,10 @@ def plan_dp_als(
         item_grams,
         count_noise_scale,
         noise_shares,
+        covariance_start,
     )
     if target_epsilon is not None:
-        spent = plan.epsilon_after(rounds, int(count_release))
+        spent = plan.epsilon_of(plan.run_history(rounds))
         if spent > target_epsilon * (1 + 1e-6) + 0.01:
             raise PrivacyAccountingError(
                 f"the solved noise gives ε={spent:.4g} over {rounds} rounds, above the "

@@ -59,6 +59,9 @@ class LocalEvalSpec:
     refit_lr: float = 0.05
 
 
+ALS_RELEASES = ("factors", "popularity", "covariance")
+
+
 @dataclass
 class AlsSpec:
     """How a device takes part in a federated ALS round (``algorithm: als``).
@@ -78,6 +81,12 @@ class AlsSpec:
     bounds above) to its masked statistics (:func:`fedrec.privacy.als.noise_share`);
     ``release_counts`` says whether this round's item counts are released (other rounds send
     none).
+
+    ``release``: what this round asks the device to send (the server's rule says, round by
+    round). ``factors``: the ALS statistics above. A run with ``covariance_start`` begins with
+    two other releases (:mod:`fedrec.training.als.covariance`): ``popularity``, the user's
+    items weighted 1/√k (unit L2 norm), and ``covariance``, x̂x̂ᵀ over the user's items that the
+    table trains (x̂ their indicator scaled to unit norm; Frobenius norm 1).
     """
 
     reg: float = 3.0  # the shipped defaults (configs/algorithm/als.yaml), chosen on validation
@@ -90,8 +99,11 @@ class AlsSpec:
     gram_noise_scale: float = 4.0
     count_noise_scale: float = 1.0
     release_counts: bool = True
+    release: str = "factors"
 
     def __post_init__(self) -> None:
+        if self.release not in ALS_RELEASES:
+            raise ValueError(f"als.release={self.release!r}; expected one of {ALS_RELEASES}")
         if not 0 < self.reg <= 1e6:
             raise ValueError(f"als.reg={self.reg}; expected 0 < reg <= 1e6")
         if not 0 <= self.unobserved_weight <= 1e6:
@@ -268,6 +280,10 @@ ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
     "als.gram_noise_scale": ("> 0", "the Gram's multiplier relative to z (shares)"),
     "als.count_noise_scale": ("> 0", "the count release's multiplier relative to z (shares)"),
     "als.release_counts": ("true, false", "distributed DP-ALS: this round releases item counts"),
+    "als.release": (
+        ", ".join(ALS_RELEASES),
+        "what the round asks for (covariance_start runs begin with popularity, covariance)",
+    ),
 }
 
 

@@ -88,3 +88,18 @@ def project_psd(matrices: np.ndarray) -> np.ndarray:
     symmetrise, then clip negative eigenvalues to 0. Post-processing of a noisy release."""
     values, vectors = np.linalg.eigh(symmetrize(matrices))
     return (vectors * np.maximum(values, 0)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
+
+
+def items_from_covariance(cov: np.ndarray, dim: int) -> np.ndarray:
+    """The item factors [m, dim] of a (noisy) item-item covariance [m, m]: its top-``dim``
+    eigenvectors (columns past m stay zero), each signed so its largest entry is positive
+    (reproducible across engines whose sums differ in rounding), scaled by √(m / dim) so a row's
+    RMS norm is 1, the size of an ALS item factor whose scores target 1."""
+    values, vectors = np.linalg.eigh(symmetrize(np.asarray(cov, dtype=np.float64)))
+    size = vectors.shape[0]
+    kept = min(dim, size)
+    top = vectors[:, np.argsort(-values, kind="stable")[:kept]]
+    signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(kept)])
+    table = np.zeros((size, dim))
+    table[:, :kept] = top * np.where(signs == 0, 1.0, signs) * np.sqrt(size / max(kept, 1))
+    return table

@@ -18,6 +18,7 @@ import numpy as np
 
 from fedrec.model.spec import ITEM_EMBEDDING, USER_EMBEDDING
 from fedrec.protocol.settings import AlsSpec
+from fedrec.training.als.covariance import covariance_of, popularity_of
 from fedrec.training.als.solve import solve_users, table_gram
 from fedrec.training.als.statistics import clip_factors, released_items, statistics_of
 from fedrec.training.state import (
@@ -70,6 +71,7 @@ def als_round(
     # Items the server left untrained (a zero row: not frequent in the private count release)
     # would waste the item budget: the statistics are drawn among the trained ones.
     trained_rows = np.any(table != 0, axis=1)
+    release = _START_RELEASES.get(spec.release)
     chosen = [
         released_items(
             m.data.train_items[trained_rows[m.data.train_items]],
@@ -89,18 +91,27 @@ def als_round(
         )
         outcomes.append(MemberOutcome(member.key, "trained", state, loss, 1, 0.0))
         if keep_updates:
-            updates[member.key] = statistics_of(
-                released[row : row + 1], chosen[row : row + 1], item_grams=spec.item_grams
+            updates[member.key] = (
+                release([member.data.train_items], trained_rows)
+                if release
+                else statistics_of(
+                    released[row : row + 1], chosen[row : row + 1], item_grams=spec.item_grams
+                ).to_arrays()
             )
     order = {m.key: i for i, m in enumerate(members)}
     outcomes.sort(key=lambda o: order[o.key])
-    total = statistics_of(released, chosen, item_grams=spec.item_grams)
-    return CohortRound(
-        total.to_arrays(),
-        float(len(trainable)),
-        outcomes,
-        {key: stats.to_arrays() for key, stats in updates.items()},
-    )
+    if release:
+        total = release([m.data.train_items for m in trainable], trained_rows)
+    else:
+        total = statistics_of(released, chosen, item_grams=spec.item_grams).to_arrays()
+    return CohortRound(total, float(len(trainable)), outcomes, updates)
+
+
+# A covariance_start run's first two rounds send these instead of the factor statistics.
+_START_RELEASES = {
+    "popularity": lambda item_lists, trained: popularity_of(item_lists),
+    "covariance": covariance_of,
+}
 
 
 def als_one(

@@ -1,0 +1,328 @@
+"""Federated (DP-)ALS's covariance start: the popularity and item-covariance releases.
+
+Real contributions of real (synthetic ML-100K-shaped) users are checked against the sensitivity
+the noise is calibrated to; the accountant's ε against a fresh Opacus accountant; the noise
+against its stated scale; bad releases are refused and counted; and the engines (a real Flower
+simulation and the in-process federation) give the table an independent computation of the
+covariance's eigenvectors gives.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedrec.config import compose
+from fedrec.config.algorithm import AlgorithmSpec
+from fedrec.data import load_split
+from fedrec.eval.evaluate import per_user_items
+from fedrec.federation.als_rule import (
+    AlsRule,
+    AlsServerPlan,
+    start_release_rejection,
+    symmetric_noise,
+)
+from fedrec.federation.record import RoundRecord
+from fedrec.jobs.simulate import choose_users, run_simulate
+from fedrec.jobs.tune import run_als_in_process
+from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
+from fedrec.nodes.sources import SplitUserSource
+from fedrec.privacy import PrivacySpec
+from fedrec.privacy.als import AlsPrivacyPlan, plan_dp_als
+from fedrec.protocol.replies import NodeReply, UserOutcome
+from fedrec.protocol.settings import AlsSpec
+from fedrec.protocol.wire import ARRAYS_KEY
+from fedrec.training.als.covariance import COVARIANCE
+from fedrec.training.als.solve import items_from_covariance
+from fedrec.training.als.statistics import COUNTS, ITEMS
+from fedrec.training.als.trainer import als_round
+from fedrec.training.state import CohortMember, DeviceState
+
+SMALL = [
+    "algorithm=als",
+    "algorithm.covariance_start=true",
+    "algorithm.frequent_fraction=0.1",
+    "model.embedding_dim=4",
+    "federation.num_clients=12",
+    "federation.clients_per_round=12",
+    "federation.rounds=2",
+    "federation.eval_clients_per_round=0",
+    "federation.ray_cpus=2",
+]
+
+
+def _members(split, count: int) -> list[CohortMember]:
+    source = SplitUserSource(split, np.arange(split.train.num_users))
+    return [
+        CohortMember(user, source.local_data({"partition-id": user})[1], DeviceState(), user)
+        for user in range(count)
+    ]
+
+
+def _table(split, dim: int, trained: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    rows = np.random.default_rng(0).normal(0, 0.3, (split.train.num_items, dim))
+    if trained is not None:
+        rows[~trained] = 0.0
+    return {ITEM_EMBEDDING: rows, ITEM_BIAS: np.zeros((split.train.num_items, 1))}
+
+
+def _trained(split, fraction: float = 0.1) -> np.ndarray:
+    counts = np.bincount(split.train.items, minlength=split.train.num_items)
+    mask = np.zeros(split.train.num_items, dtype=bool)
+    mask[np.argsort(-counts, kind="stable")[: math.ceil(fraction * len(counts))]] = True
+    return mask
+
+
+def _reply(key: int, arrays: dict[str, np.ndarray]) -> NodeReply:
+    return NodeReply(
+        node=key, outcomes=[UserOutcome(key, "trained")], arrays=arrays, weight=1.0, summed=True
+    )
+
+
+def test_each_users_real_releases_have_the_unit_norm_the_noise_assumes(ml100k_shaped_split):
+    split, members = ml100k_shaped_split, _members(ml100k_shaped_split, 60)
+    trained = _trained(split)
+    catalogue = split.train.num_items
+    for release in ("popularity", "covariance"):
+        spec = AlsSpec(reg=1.0, unobserved_weight=0.1, release=release)
+        result = als_round(
+            _table(split, 8, trained), members, spec=spec, explicit=False, keep_updates=True
+        )
+        for member in members:
+            arrays = result.updates[member.key]
+            own = np.unique(member.data.train_items)
+            if release == "popularity":
+                assert set(arrays) == {ITEMS, COUNTS}
+                np.testing.assert_array_equal(arrays[ITEMS], own)  # the whole log, not B items
+                assert np.linalg.norm(arrays[COUNTS]) == pytest.approx(1.0, rel=1e-6)
+            else:
+                assert set(arrays) == {ITEMS, COVARIANCE}
+                np.testing.assert_array_equal(arrays[ITEMS], own[trained[own]])
+                cov = arrays[COVARIANCE].astype(np.float64)
+                assert np.linalg.norm(cov) == pytest.approx(1.0, rel=1e-6)  # Frobenius
+                assert np.trace(cov) == pytest.approx(1.0, rel=1e-6)
+            assert (
+                start_release_rejection(
+                    arrays, release=release, num_items=catalogue, users=1, trained=trained
+                )
+                is None
+            )
+        # a node's block sums its users' releases, over the union of their items
+        total = result.update_sum
+        dense = np.zeros(catalogue)
+        for member in members:
+            arrays = result.updates[member.key]
+            if release == "popularity":
+                dense[arrays[ITEMS]] += arrays[COUNTS]
+            else:
+                dense[arrays[ITEMS]] += np.diag(arrays[COVARIANCE])
+        summed = total[COUNTS] if release == "popularity" else np.diag(total[COVARIANCE])
+        np.testing.assert_allclose(summed, dense[total[ITEMS]], rtol=1e-5)
+        assert len(total[ITEMS]) > 10
+
+
+def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
+    split = ml100k_shaped_split
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1, release="covariance")
+    trained = _trained(split)
+    table = _table(split, 8, trained)
+    result = als_round(table, _members(split, 6), spec=spec, explicit=False, keep_updates=True)
+    good = result.updates[0]
+    cov = good[COVARIANCE].astype(np.float64)
+    nan = cov.copy()
+    nan[0, 0] = np.nan
+    skew = cov.copy()
+    skew[0, 1] += 0.5
+    untrained = np.flatnonzero(~trained)[:1]
+    crafted = {
+        "NaN": {**good, COVARIANCE: nan},
+        "wrong shape": {**good, COVARIANCE: cov[:, :-1]},
+        "not symmetric": {**good, COVARIANCE: skew},
+        "not PSD": {**good, COVARIANCE: cov - 0.5 * np.eye(len(cov)) + 0.5 * np.diag(np.diag(cov))},
+        "over one user's norm": {**good, COVARIANCE: cov * 3},
+        "an untrained item": {
+            ITEMS: np.sort(np.concatenate([good[ITEMS][:-1], untrained])),
+            COVARIANCE: cov,
+        },
+        "popularity names in a covariance round": {ITEMS: good[ITEMS], COUNTS: np.ones(2)},
+    }
+    for name, arrays in crafted.items():
+        reason = start_release_rejection(
+            arrays, release="covariance", num_items=len(trained), users=1, trained=trained
+        )
+        assert reason is not None, name
+    popularity = {ITEMS: np.array([1, 5]), COUNTS: np.array([0.9, 0.9])}  # norm 1.27 > 1
+    assert "unit-norm" in start_release_rejection(
+        popularity, release="popularity", num_items=len(trained), users=1, trained=None
+    )
+
+    # the rule in its covariance round refuses them, counts them, and still releases a table
+    plan = AlsServerPlan(spec, frequent_fraction=0.1, covariance_start=True)
+    rule = AlsRule(plan, rounds=2, min_replies=1, seed=0)
+    rule.step.counts = np.bincount(split.train.items, minlength=len(trained)).astype(float)
+    assert rule.round_config(2, {})["als.release"] == "covariance"
+    replies = [_reply(k, result.updates[k]) for k in range(1, 6)]
+    replies += [_reply(100 + i, arrays) for i, arrays in enumerate(crafted.values())]
+    record = RoundRecord(server_round=2, sampled=len(replies))
+    updated = rule.apply(2, table, replies, record)
+    assert record.rejected == len(crafted) and record.accepted == 5
+    assert updated is not None and np.isfinite(updated[ITEM_EMBEDDING]).all()
+    assert rule.round_config(3, {})["als.release"] == "factors"
+    # the phase survives a checkpoint
+    restored = AlsRule(plan, rounds=3, min_replies=1, seed=0)
+    restored.step.restore(rule.step.state())
+    assert restored.round_config(3, {})["als.release"] == "factors"
+
+
+def _in_process(split, algorithm: AlgorithmSpec, privacy: PrivacySpec, rounds: int, users):
+    from fedrec.federation.in_process import InProcessTransport
+    from fedrec.federation.loop import FederationPlan, run_rounds
+    from fedrec.federation.server_step import StrategySpec
+    from fedrec.jobs.simulate import als_server_plan
+    from fedrec.model.mf import random_item_arrays
+    from fedrec.model.spec import ModelSpec
+    from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
+
+    server = als_server_plan(algorithm, privacy, rounds=rounds, devices_per_round=len(users))
+    plan = FederationPlan(
+        settings=RoundSettings(
+            model=ModelSpec(8, 0.1),
+            privacy=privacy,
+            evaluation=LocalEvalSpec(full_metrics=["ndcg@10"], sampled_metrics=[]),
+            als=algorithm.als_spec(),
+            algorithm="als",
+            seed=0,
+        ),
+        strategy=StrategySpec(),
+        rounds=rounds,
+        clients_per_round=len(users),
+        eval_clients_per_round=0,
+        seed=0,
+        als=server,
+    )
+    records: list[RoundRecord] = []
+    initial = random_item_arrays(split.train.num_items, 8, init_std=0.1, seed=0)
+    run_rounds(
+        InProcessTransport(SplitUserSource(split, users), split_replies=False),
+        plan,
+        initial,
+        on_round=lambda r: r.server_round and records.append(r),
+    )
+    return records, server.privacy
+
+
+def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
+    algorithm = AlgorithmSpec(
+        name="als",
+        clip_norm=1.0,
+        max_items=20,
+        frequent_fraction=0.1,
+        item_grams=False,
+        count_noise_scale=0.7,
+        covariance_start=True,
+    )
+    privacy = PrivacySpec(mode="user", user_target_epsilon=4.0, delta=1e-5)
+    records, private = _in_process(ml100k_shaped_split, algorithm, privacy, 3, np.arange(80))
+    z = private.noise_multiplier
+    fresh = RDPAccountant()
+    steps = [
+        [(0.7 * z,)],  # round 1: the popularity
+        [(z,)],  # round 2: the covariance
+        [(private.gram_noise_scale * z,), (z,)],  # round 3: G and the b_j
+    ]
+    for record, released in zip(records, steps, strict=True):
+        for (multiplier,) in released:
+            fresh.step(noise_multiplier=multiplier, sample_rate=1.0)
+        assert record.user_level_epsilon == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+    assert 3.5 < records[-1].user_level_epsilon <= 4.0 * (1 + 1e-6) + 0.01  # z solved for ε
+
+
+def test_the_start_releases_have_the_stated_noise():
+    private = plan_dp_als(
+        clip_norm=1.0,
+        max_items=30,
+        delta=1e-5,
+        rounds=2,
+        noise_multiplier=1.3,
+        count_noise_scale=0.5,
+        item_grams=False,
+        covariance_start=True,
+    )
+    # sensitivity 1 for the whole log: no √B on the counts
+    assert private.stds["counts"] == pytest.approx(0.5 * 1.3)
+    assert private.stds["covariance"] == pytest.approx(1.3)
+    noisy = symmetric_noise(
+        np.zeros((400, 400)), private.stds["covariance"], np.random.default_rng(0)
+    )
+    np.testing.assert_array_equal(noisy, noisy.T)
+    assert noisy[np.triu_indices(400)].std() == pytest.approx(1.3, rel=0.01)
+    with pytest.raises(ValueError, match="distributed"):
+        AlsPrivacyPlan(1.0, 30, 1.3, 1e-5, noise_shares=4, item_grams=False, covariance_start=True)
+
+
+def test_covariance_start_refusals(tmp_path):
+    for overrides, phrase in (
+        (["federation.rounds=1"], "rounds >= 2"),
+        (["secure_aggregation=secaggplus", "algorithm.item_grams=false"], "covariance_start"),
+        (["algorithm.name=mf"], "set name=als"),
+    ):
+        with pytest.raises(ValueError, match=phrase):
+            run_simulate(compose("simulate", [*SMALL, *overrides]), tmp_path / "refused")
+    with pytest.raises(ValueError, match="no distributed mode"):
+        AlgorithmSpec(name="als", covariance_start=True, noise_shares=0.5)
+    with pytest.raises(ValueError, match="als.release"):
+        AlsSpec(release="everything")
+
+
+class ReplyNames:
+    """A client mod that writes each train reply's array names and the factor it would hide."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg, context, call_next):
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "train" and not reply.has_error():
+            arrays = {k: v.numpy() for k, v in reply.content[ARRAYS_KEY].items()}
+            name = f"r{msg.content['config']['server-round']}_n{context.node_id}.npz"
+            np.savez(os.path.join(self.folder, name), **arrays)
+        return reply
+
+
+def test_a_flower_simulation_releases_the_covariances_eigenvectors(tmp_path):
+    audit = tmp_path / "replies"
+    audit.mkdir()
+    cfg = compose("simulate", SMALL)
+    run_simulate(cfg, tmp_path / "run", client_mods=[ReplyNames(audit)])
+    names = {
+        path.name.split("_")[0]: set(np.load(path).files) for path in sorted(audit.glob("*.npz"))
+    }
+    assert names == {"r1": {ITEMS, COUNTS}, "r2": {ITEMS, COVARIANCE}}  # never a user factor
+    with np.load(tmp_path / "run" / "item_table.npz") as saved:
+        flower = saved[ITEM_EMBEDDING]
+
+    # computed apart from the federation: the users' Σ x̂x̂ᵀ over the most popular items
+    split = load_split(cfg.dataset)
+    users = choose_users(split.train.num_users, 12, seed=0)
+    logs = per_user_items(split.train, split.train.num_users)
+    popularity = np.zeros(split.train.num_items)
+    for user in users:
+        popularity[np.unique(logs[user])] += 1 / math.sqrt(len(np.unique(logs[user])))
+    keep = math.ceil(0.1 * split.train.num_items)
+    ids = np.sort(np.argsort(-popularity, kind="stable")[:keep])
+    cov = np.zeros((keep, keep))
+    for user in users:
+        at = np.searchsorted(ids, np.intersect1d(logs[user], ids))
+        if len(at):
+            cov[np.ix_(at, at)] += 1 / len(at)
+    expected = np.zeros_like(flower, dtype=np.float64)
+    expected[ids] = items_from_covariance(cov, 4)
+    np.testing.assert_allclose(flower, expected, atol=1e-4)
+
+    _, in_process = run_als_in_process(split, cfg.algorithm, embedding_dim=4, rounds=2, users=users)
+    np.testing.assert_allclose(in_process[ITEM_EMBEDDING], expected, atol=1e-4)
