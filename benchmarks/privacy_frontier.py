@@ -216,7 +216,12 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
         covariance_grid |= {"frequent_fraction": [0.05], "count_noise_scale": [1.0]}
         if dataset != "ml100k":  # 6,040 users: a validation run costs ~10x ML-100K's
             dp_grid["embedding_dim"] = [16]
-            covariance_grid["popularity_weight"] = [0.0]
+            # the noise edge makes the dimension matter little; the frequent share more
+            covariance_grid |= {
+                "embedding_dim": [16],
+                "frequent_fraction": [0.05, 0.1],
+                "popularity_weight": [0.0],
+            }
     dp_rounds = 2
     for eps in args.epsilons:
         privacy = PrivacySpec(mode="user", user_target_epsilon=eps, delta=DELTA)

@@ -326,3 +326,24 @@ def test_a_flower_simulation_releases_the_covariances_eigenvectors(tmp_path):
 
     _, in_process = run_als_in_process(split, cfg.algorithm, embedding_dim=4, rounds=2, users=users)
     np.testing.assert_allclose(in_process[ITEM_EMBEDDING], expected, atol=1e-4)
+
+
+def test_components_below_the_noise_edge_are_dropped():
+    rng = np.random.default_rng(3)
+    size, std = 200, 1.0
+    basis = np.linalg.qr(rng.normal(size=(size, 3)))[0]
+    signal = basis @ np.diag([400.0, 120.0, 5.0]) @ basis.T  # the third is below the edge (28)
+    noisy = symmetric_noise(signal, std, rng)
+    table = items_from_covariance(noisy, 6, noise_edge=2 * std * math.sqrt(size))
+    kept = np.flatnonzero(np.abs(table).sum(axis=0) > 0)
+    np.testing.assert_array_equal(kept, [0, 1])  # the two real components, nothing else
+    # each kept column is its component's eigenvector (up to the sign fixed by the largest entry)
+    for column in (0, 1):
+        cosine = abs(table[:, column] @ basis[:, column]) / np.linalg.norm(table[:, column])
+        assert cosine > 0.95
+    # noise alone: only the top direction is kept
+    alone = items_from_covariance(symmetric_noise(np.zeros((size, size)), std, rng), 6, 28.3)
+    assert np.count_nonzero(np.abs(alone).sum(axis=0)) == 1
+    # no noise: every requested column, scaled to an RMS row norm of 1
+    exact = items_from_covariance(signal + np.diag(np.full(size, 1.0)), 4)
+    assert np.sqrt(np.mean(np.sum(exact**2, axis=1))) == pytest.approx(1.0)

@@ -295,10 +295,12 @@ class AlsRule(ServerRule):
             for reply in accepted:
                 at = np.searchsorted(ids, np.asarray(reply.arrays[ITEMS], np.int64))  # type: ignore[index]
                 cov[np.ix_(at, at)] += reply.arrays[COVARIANCE]  # type: ignore[index]
+            edge = 0.0
             if private is not None:
                 cov = symmetric_noise(cov, private.stds["covariance"], self.rng)
+                edge = 2 * private.stds["covariance"] * math.sqrt(len(ids))
             table = np.zeros((num_items, dim))
-            table[ids] = items_from_covariance(cov, dim)
+            table[ids] = items_from_covariance(cov, dim, noise_edge=edge)
             self.step.covariance_done = True  # type: ignore[attr-defined]
         if private is not None:
             self.releases += 1

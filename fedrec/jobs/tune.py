@@ -59,7 +59,8 @@ class TuneJobConfig:
 
     ``grid``: field → candidate values; fields of ``algorithm`` (``reg``, ``unobserved_weight``,
     ``max_items``, ``clip_norm``, ``frequent_fraction``, ``gram_noise_scale``,
-    ``covariance_start``, ...) and ``embedding_dim``. Every combination is one validation federation of ``rounds`` rounds.
+    ``covariance_start``, ...) and ``embedding_dim``. Every combination is one validation
+    federation of ``rounds`` rounds.
     ``privacy``: tune DP-ALS at a budget (``privacy=user``, ``privacy.user_target_epsilon``).
     ``validation_carves``: how many validation splits (each carved with its own seed) every
     candidate is scored on; the choice goes by the mean. A random leave-one-out split holds one

