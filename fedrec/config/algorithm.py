@@ -68,8 +68,8 @@ class AlgorithmSpec:
             )
         if self.covariance_start and self.noise_shares:
             raise ValueError(
-                "algorithm.covariance_start has no distributed mode: the covariance of the "
-                "frequent items is too large to mask densely on SecAgg+ (set noise_shares=0)"
+                "algorithm.covariance_start has no distributed mode: its two releases are "
+                "not built for SecAgg+, which distributed DP needs (set noise_shares=0)"
             )
         for name in ("gram_noise_scale", "count_noise_scale"):
             if not getattr(self, name) > 0:

@@ -142,9 +142,9 @@ RULES: list[Rule] = [
             and c.secure_aggregation.enabled
         ),
         lambda c: (
-            _SECAGG + "algorithm.covariance_start=false: its round 2 sends each user's "
-            "co-occurrence over the frequent items, which SecAgg+ would mask densely as "
-            "items² values per user (not built)"
+            _SECAGG + "algorithm.covariance_start=false: masking its two releases (the "
+            "popularity over the catalogue, the co-occurrence over the frequent items) as "
+            "fixed-shape vectors is not built"
         ),
     ),
     (
