@@ -347,3 +347,40 @@ def test_components_below_the_noise_edge_are_dropped():
     # no noise: every requested column, scaled to an RMS row norm of 1
     exact = items_from_covariance(signal + np.diag(np.full(size, 1.0)), 4)
     assert np.sqrt(np.mean(np.sum(exact**2, axis=1))) == pytest.approx(1.0)
+
+
+def test_a_dp_covariance_start_simulation_reports_its_guarantee(tmp_path):
+    import csv
+    import json
+
+    overrides = [
+        *SMALL,
+        "federation.engine=cohort",
+        "federation.cohort_nodes=2",
+        "privacy=user",
+        "privacy.user_target_epsilon=4",
+        "algorithm.clip_norm=1",
+        "algorithm.max_items=10",
+        "algorithm.item_grams=false",
+    ]
+    final = run_simulate(compose("simulate", overrides), tmp_path / "dp")
+    summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
+    with open(tmp_path / "dp" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+    assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]  # both releases taken whole
+    plan = plan_dp_als(
+        clip_norm=1,
+        max_items=10,
+        delta=1e-5,
+        rounds=2,
+        target_epsilon=4,
+        item_grams=False,
+        covariance_start=True,
+    )
+    reported = summary["user_level"]
+    assert reported["noise_multiplier"] == pytest.approx(plan.noise_multiplier)
+    assert reported["epsilon"] == pytest.approx(plan.epsilon_of(plan.run_history(2)))
+    assert final["user_level_epsilon"] == pytest.approx(reported["epsilon"])
+    assert 3.5 < reported["epsilon"] <= 4.01
+    assert "covariance" in reported["mechanism"] and reported["noise_std"]["covariance"] > 0
+    assert "every item of a user's log" in summary["privacy"]["guarantee"]

@@ -17,6 +17,14 @@ DP_ALS_GUARANTEE = (
     "bounds what the released item tables reveal about any one user's whole log, to whoever "
     "sees the model; not against a server that sees single replies (fedrec.privacy.als)"
 )
+COVARIANCE_START_GUARANTEE = (
+    "user-level (DP-ALS with a covariance start): (ε, δ) from the server's RDP accountant over "
+    "every release (round 1 the users' unit-norm popularity, round 2 their item covariance, then "
+    "the summed statistics each round; every user counted in every round) bounds what the "
+    "released item tables reveal about any one user's whole log, to whoever sees the model; not "
+    "against a server that sees single replies, which here list every item of a user's log "
+    "(fedrec.privacy.als)"
+)
 DISTRIBUTED_DP_ALS_GUARANTEE = (
     "user-level (distributed DP-ALS on SecAgg+): the devices add shares of DP-ALS's noise to "
     "their masked statistics and the server tops up what dropped shares miss, so the released "
@@ -138,7 +146,7 @@ def simulate_summary(
             "trainer": cfg.federation.resolved_trainer,
             "privacy": {
                 "mode": privacy.mode,
-                "guarantee": (DISTRIBUTED_DP_ALS_GUARANTEE if distributed else DP_ALS_GUARANTEE)
+                "guarantee": _dp_als_guarantee(plan, distributed)
                 if dp_als
                 else PRIVACY_MODES.get(privacy.mode).guarantee,
                 "delta": privacy.delta,
@@ -184,3 +192,10 @@ def simulate_summary(
         }
     )
     return final
+
+
+def _dp_als_guarantee(plan: FederationPlan, distributed: bool) -> str:
+    if distributed:
+        return DISTRIBUTED_DP_ALS_GUARANTEE
+    covariance = plan.als is not None and plan.als.covariance_start
+    return COVARIANCE_START_GUARANTEE if covariance else DP_ALS_GUARANTEE
