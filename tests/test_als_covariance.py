@@ -384,3 +384,15 @@ def test_a_dp_covariance_start_simulation_reports_its_guarantee(tmp_path):
     assert 3.5 < reported["epsilon"] <= 4.01
     assert "covariance" in reported["mechanism"] and reported["noise_std"]["covariance"] > 0
     assert "every item of a user's log" in summary["privacy"]["guarantee"]
+
+
+def test_the_dp_als_scenario_composes_into_a_covariance_start_plan():
+    from fedrec.config.rules import check_simulate
+    from fedrec.jobs.simulate import als_server_plan
+
+    cfg = compose("simulate", ["+experiment=ml100k_dp_als"])
+    check_simulate(cfg)
+    plan = als_server_plan(cfg.algorithm, cfg.privacy, rounds=2, devices_per_round=943)
+    assert plan.covariance_start and plan.privacy is not None and plan.privacy.covariance_start
+    assert plan.privacy.epsilon_of(plan.privacy.run_history(2)) <= 8.01
+    assert cfg.federation.rounds == 2 and cfg.model.embedding_dim == 8
