@@ -396,3 +396,26 @@ def test_the_dp_als_scenario_composes_into_a_covariance_start_plan():
     assert plan.covariance_start and plan.privacy is not None and plan.privacy.covariance_start
     assert plan.privacy.epsilon_of(plan.privacy.run_history(2)) <= 8.01
     assert cfg.federation.rounds == 2 and cfg.model.embedding_dim == 8
+
+
+def test_the_popularity_round_marks_the_items_the_covariance_covers(ml100k_shaped_split):
+    split = ml100k_shaped_split
+    spec = AlsSpec(reg=1.0, unobserved_weight=0.1, release="popularity")
+    zeros = {  # an all-zero initial table (model.init_std=0) must not hide the frequent items
+        ITEM_EMBEDDING: np.zeros((split.train.num_items, 8)),
+        ITEM_BIAS: np.zeros((split.train.num_items, 1)),
+    }
+    result = als_round(zeros, _members(split, 40), spec=spec, explicit=False, keep_updates=True)
+    plan = AlsServerPlan(spec, frequent_fraction=0.1, covariance_start=True)
+    rule = AlsRule(plan, rounds=2, min_replies=1, seed=0)
+    assert rule.round_config(1, {})["als.release"] == "popularity"
+    replies = [_reply(k, arrays) for k, arrays in result.updates.items()]
+    table = rule.apply(1, zeros, replies, RoundRecord(server_round=1, sampled=len(replies)))
+    assert table is not None
+    marked = np.any(table[ITEM_EMBEDDING] != 0, axis=1)
+    assert marked.sum() == math.ceil(0.1 * split.train.num_items)
+    popularity = np.zeros(split.train.num_items)
+    for arrays in result.updates.values():
+        popularity[arrays[ITEMS]] += arrays[COUNTS]
+    assert popularity[marked].min() >= popularity[~marked].max()  # the most popular, exactly
+    assert rule.round_config(2, {})["als.release"] == "covariance"

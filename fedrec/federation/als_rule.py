@@ -21,7 +21,7 @@ table deltas. The rule keeps the classification of :class:`~fedrec.federation.ru
 
 With ``covariance_start`` the first two rounds differ (:mod:`fedrec.training.als.covariance`):
 round 1 sums (and noises) the users' unit-norm popularity, which chooses the frequent items; the
-table keeps its random rows there and zeroes the rest, so the devices know which items the next
+table gets one unit row there and zeroes the rest, so the devices know which items the next
 release covers. Round 2 sums (and noises) the item-item covariance over them, and the first item
 table is its top eigenvectors. Later rounds are ALS rounds.
 
@@ -284,9 +284,10 @@ class AlsRule(ServerRule):
                 popularity = add_noise(popularity, private.stds["counts"], self.rng)
             self.step.counts = popularity  # type: ignore[attr-defined]
             trained = self._frequent(popularity)
-            # the random rows stay where the covariance will be released: the devices read
-            # which items it covers from the table
-            table = np.where(trained[:, None], current[ITEM_EMBEDDING], 0.0)
+            # a non-zero row (the same unit row, whatever the initial table) marks each item
+            # the covariance will cover: the devices read that from the table
+            table = np.zeros((num_items, dim))
+            table[trained] = 1 / math.sqrt(dim)
         else:
             popularity = self.step.counts  # type: ignore[attr-defined]
             trained = self._frequent(popularity)
