@@ -22,12 +22,12 @@ from fedrec.client import FedrecClient
 from fedrec.client.store import USER_ARRAYS
 from fedrec.config import compose
 from fedrec.config.algorithm import AlgorithmSpec
+from fedrec.federation.als_checks import statistics_rejection
 from fedrec.federation.als_rule import (
     MAX_POPULARITY_WEIGHT,
     AlsRule,
     AlsServerPlan,
     noisy_sums,
-    statistics_rejection,
 )
 from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate

@@ -21,12 +21,8 @@ from fedrec.config import compose
 from fedrec.config.algorithm import AlgorithmSpec
 from fedrec.data import load_split
 from fedrec.eval.evaluate import per_user_items
-from fedrec.federation.als_rule import (
-    AlsRule,
-    AlsServerPlan,
-    start_release_rejection,
-    symmetric_noise,
-)
+from fedrec.federation.als_checks import start_release_rejection
+from fedrec.federation.als_rule import AlsRule, AlsServerPlan, symmetric_noise
 from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate
 from fedrec.jobs.tune import run_als_in_process

@@ -4,12 +4,12 @@ Replies carry sums of users' ALS statistics (:mod:`fedrec.training.als.statistic
 table deltas. The rule keeps the classification of :class:`~fedrec.federation.rule.ServerRule`
 (every user's outcome in the round's record) and replaces what follows:
 
-1. **validate** each reply's statistics: the names the round asked for (no ``als.lhs`` when
-   the server does not use per-item Grams), shapes that fit the catalogue and the
-   round's dimension, sorted unique item ids inside the catalogue, finite values, a symmetric
-   PSD global Gram, PSD ``A_j``, whole counts of at most one per user, and under DP the
-   sensitivity bounds (Gram trace, count total, ‖A‖, ‖b‖) times the users summed. A bad reply
-   is refused and its users counted as rejected; the round goes on.
+1. **validate** each reply's statistics (:mod:`~fedrec.federation.als_checks`): the names the
+   round asked for (no ``als.lhs`` when the server does not use per-item Grams), shapes that fit
+   the catalogue and the round's dimension, sorted unique item ids inside the catalogue, finite
+   values, a symmetric PSD global Gram, PSD ``A_j``, whole counts of at most one per user, and
+   under DP the sensitivity bounds (Gram trace, count total, ‖A‖, ‖b‖) times the users summed.
+   A bad reply is refused and its users counted as rejected; the round goes on.
 2. **sum** the accepted statistics into dense per-item sums.
 3. with DP-ALS (:mod:`fedrec.privacy.als`), **noise** once per release and project to PSD; in
    the first round also release the noisy item counts, which choose the ``frequent_fraction`` of
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.federation.als_checks import start_release_rejection, statistics_rejection
 from fedrec.federation.record import RoundRecord
 from fedrec.federation.rule import ServerRule
 from fedrec.federation.server_step import StrategySpec
@@ -45,14 +46,14 @@ from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.privacy.als import AlsPrivacyPlan, PrivacyStep, add_noise, topup_fraction
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
-from fedrec.training.als.covariance import COVARIANCE, RELEASE_NAMES
+from fedrec.training.als.covariance import COVARIANCE
 from fedrec.training.als.solve import (
     items_from_covariance,
     project_psd,
     solve_items,
     symmetrize,
 )
-from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, statistic_names
+from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS
 from fedrec.training.table_check import TableLimits
 
 logger = logging.getLogger("fedrec.server")
@@ -63,7 +64,6 @@ UNTRAINED_BIAS = -2.0  # below any trained item's score (|⟨u, v⟩| stays ~1 w
 # devices' table check (fedrec.training.table_check) refuses a bias further above the median
 # than max_bias_above_median, so a larger weight would make every device refuse the table.
 MAX_POPULARITY_WEIGHT = TableLimits().max_bias_above_median + UNTRAINED_BIAS - 1.0
-_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -356,126 +356,6 @@ def symmetric_noise(matrix: np.ndarray, std: float, rng: np.random.Generator) ->
     mirrored below: the Gaussian mechanism on the values a symmetric release really has."""
     upper = np.triu(rng.normal(0.0, std, size=np.shape(matrix)))
     return np.asarray(matrix, dtype=np.float64) + upper + np.triu(upper, 1).T
-
-
-def start_release_rejection(
-    arrays: Arrays, *, release: str, num_items: int, users: int, trained: np.ndarray | None
-) -> str | None:
-    """Why a reply's covariance-start release (summed over ``users`` users) must be refused, or
-    None. Each honest user adds a popularity vector of L2 norm 1 with entries in (0, 1], or a
-    PSD covariance block of Frobenius norm and trace 1 with entries in (0, 1] over items that
-    ``trained`` marks; a sum of ``users`` stays within ``users`` times that."""
-    expected = RELEASE_NAMES[release]
-    if set(arrays) != set(expected):
-        return f"array names {sorted(arrays)}; expected {sorted(expected)} (a {release} release)"
-    items = np.asarray(arrays[ITEMS])
-    k = len(items) if items.ndim == 1 else -1
-    values = np.asarray(arrays[expected[1]], dtype=np.float64)
-    shape = (k,) if release == "popularity" else (k, k)
-    if values.shape != shape:
-        return f"'{expected[1]}' has shape {values.shape}; expected {shape}"
-    if not np.isfinite(values).all():
-        return f"'{expected[1]}' holds NaN or infinite values"
-    if k and (
-        np.any(items != np.round(items))
-        or items.min() < 0
-        or items.max() >= num_items
-        or np.any(np.diff(items) <= 0)
-    ):
-        return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
-    covered = trained is None or release != "covariance" or not k
-    if not covered and not trained[items.astype(np.int64)].all():  # type: ignore[index]
-        return f"'{ITEMS}' lists items the table does not train"
-    slack = 1 + 1e-4
-    if np.any(values < 0) or np.any(values > users * slack):
-        return f"'{expected[1]}' must lie in [0, {users}] (users summed)"
-    norm = float(np.linalg.norm(values))
-    if norm > users * slack:
-        return f"‖{expected[1]}‖ {norm:.4g} exceeds what {users} unit-norm users can send"
-    if release == "covariance" and k:
-        if np.abs(values - values.T).max() > _TOLERANCE * (1 + values.max()):
-            return f"'{COVARIANCE}' is not symmetric"
-        if float(np.trace(values)) > users * slack:
-            return f"the trace of '{COVARIANCE}' exceeds {users} (users summed)"
-        if np.linalg.eigvalsh(values).min() < -_TOLERANCE * (1 + values.max()):
-            return f"'{COVARIANCE}' is not positive semi-definite"
-    return None
-
-
-def statistics_rejection(
-    arrays: Arrays,
-    *,
-    num_items: int,
-    dim: int,
-    users: int,
-    plan: AlsServerPlan,
-    noisy: bool = False,
-) -> str | None:
-    """Why a reply's summed statistics of ``users`` users must be refused, or None. ``noisy``
-    (the devices' noise shares are in the sum): only names, shapes, finiteness and item ids
-    can be checked; noise makes counts fractional and the Gram indefinite, and SecAgg+ already
-    bounds every device's values to ±clipping_range."""
-    expected = statistic_names(plan.spec.item_grams)
-    if set(arrays) != set(expected):
-        return f"array names {sorted(arrays)}; expected {sorted(expected)}"
-    items = np.asarray(arrays[ITEMS])
-    k = len(items) if items.ndim == 1 else -1
-    shapes = {ITEMS: (k,), LHS: (k, dim, dim), RHS: (k, dim), COUNTS: (k,), GRAM: (dim, dim)}
-    for name, shape in ((n, shapes[n]) for n in expected):
-        if tuple(np.shape(arrays[name])) != shape:
-            return f"'{name}' has shape {tuple(np.shape(arrays[name]))}; expected {shape}"
-        if not np.isfinite(np.asarray(arrays[name], dtype=np.float64)).all():
-            return f"'{name}' holds NaN or infinite values"
-    if k and (
-        np.any(items != np.round(items))
-        or items.min() < 0
-        or items.max() >= num_items
-        or np.any(np.diff(items) <= 0)
-    ):
-        return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
-    if noisy:
-        return None
-    gram = np.asarray(arrays[GRAM], dtype=np.float64)
-    lhs = np.asarray(arrays[LHS], dtype=np.float64) if LHS in arrays else None
-    counts = np.asarray(arrays[COUNTS], dtype=np.float64)
-    scale = 1.0 + float(np.abs(gram).max(initial=0.0))
-    if np.abs(gram - gram.T).max(initial=0.0) > _TOLERANCE * scale:
-        return f"'{GRAM}' is not symmetric"
-    if np.linalg.eigvalsh(gram).min(initial=0.0) < -_TOLERANCE * scale:
-        return f"'{GRAM}' is not positive semi-definite"
-    if k and lhs is not None and not _plausibly_psd(lhs, _TOLERANCE * scale):
-        return f"an item's '{LHS}' is not positive semi-definite"
-    if np.any(counts < 0) or np.any(counts != np.round(counts)) or np.any(counts > users):
-        return f"'{COUNTS}' must be whole numbers in [0, {users}] (users summed)"
-    privacy = plan.privacy
-    if privacy is None:
-        return None
-    clip, budget = privacy.clip_norm, privacy.max_items
-    slack = 1 + 1e-4
-    bounds = (
-        (float(np.trace(gram)), users * clip**2, "the Gram's trace"),
-        (float(counts.sum()), users * budget, "the item counts' total"),
-        (float(np.linalg.norm(arrays[RHS])), users * math.sqrt(budget) * clip, "‖b‖"),
-    )
-    if lhs is not None:
-        bounds += ((float(np.linalg.norm(lhs)), users * math.sqrt(budget) * clip**2, "‖A‖"),)
-    for value, bound, name in bounds:
-        if value > bound * slack:
-            return f"{name} {value:.4g} exceeds what {users} bounded users can send ({bound:.4g})"
-    return None
-
-
-def _plausibly_psd(stack: np.ndarray, tolerance: float) -> bool:
-    """Symmetric, a non-negative diagonal and every 2×2 principal minor ≥ 0: necessary for PSD
-    and O(k·d²) (a full eigen-check per reply costs O(k·d³)). The server projects the summed
-    ``A_j`` to PSD anyway, so what slips through cannot make a system indefinite."""
-    if np.abs(stack - np.swapaxes(stack, 1, 2)).max(initial=0.0) > tolerance:
-        return False
-    diagonal = np.diagonal(stack, axis1=1, axis2=2)
-    if diagonal.min(initial=0.0) < -tolerance:
-        return False
-    bound = np.sqrt(np.maximum(diagonal, 0))
-    return bool(np.all(np.abs(stack) <= bound[:, :, None] * bound[:, None, :] + tolerance))
 
 
 def _dense_sums(
