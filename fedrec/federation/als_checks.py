@@ -23,6 +23,16 @@ Arrays = dict[str, np.ndarray]
 _TOLERANCE = 1e-3
 
 
+def _valid_item_ids(items: np.ndarray, num_items: int) -> bool:
+    """Whole, sorted, unique ids inside the catalogue (an empty list is valid)."""
+    return not len(items) or not (
+        np.any(items != np.round(items))
+        or items.min() < 0
+        or items.max() >= num_items
+        or np.any(np.diff(items) <= 0)
+    )
+
+
 def start_release_rejection(
     arrays: Arrays, *, release: str, num_items: int, users: int, trained: np.ndarray | None
 ) -> str | None:
@@ -41,12 +51,7 @@ def start_release_rejection(
         return f"'{expected[1]}' has shape {values.shape}; expected {shape}"
     if not np.isfinite(values).all():
         return f"'{expected[1]}' holds NaN or infinite values"
-    if k and (
-        np.any(items != np.round(items))
-        or items.min() < 0
-        or items.max() >= num_items
-        or np.any(np.diff(items) <= 0)
-    ):
+    if not _valid_item_ids(items, num_items):
         return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
     covered = trained is None or release != "covariance" or not k
     if not covered and not trained[items.astype(np.int64)].all():  # type: ignore[index]
@@ -91,12 +96,7 @@ def statistics_rejection(
             return f"'{name}' has shape {tuple(np.shape(arrays[name]))}; expected {shape}"
         if not np.isfinite(np.asarray(arrays[name], dtype=np.float64)).all():
             return f"'{name}' holds NaN or infinite values"
-    if k and (
-        np.any(items != np.round(items))
-        or items.min() < 0
-        or items.max() >= num_items
-        or np.any(np.diff(items) <= 0)
-    ):
+    if not _valid_item_ids(items, num_items):
         return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
     if noisy:
         return None
