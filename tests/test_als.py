@@ -7,15 +7,20 @@ federation and the server rule on the ML-100K-shaped synthetic log.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from als_helpers import (
+    ReplyAudit,
+    run_in_process,
+    split_members,
+    trained_reply,
+    training_rows,
+)
 from opacus.accountants import RDPAccountant
 
 from fedrec.client import FedrecClient
@@ -33,7 +38,6 @@ from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate
 from fedrec.jobs.tune import candidates, run_als_in_process
 from fedrec.model.spec import ModelSpec
-from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy import PrivacySpec
 from fedrec.privacy.als import (
     AlsPrivacyPlan,
@@ -50,10 +54,8 @@ from fedrec.protocol.settings import (
     parse_round_config,
     round_config,
 )
-from fedrec.protocol.wire import ARRAYS_KEY
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATISTIC_NAMES
 from fedrec.training.als.trainer import als_round
-from fedrec.training.state import CohortMember, DeviceState
 from fedrec.training.table_check import check_item_table
 
 SMALL = [
@@ -66,27 +68,6 @@ SMALL = [
     "federation.ray_cpus=2",
     "federation.cohort_nodes=2",
 ]
-
-
-class ReplyAudit:
-    """A client mod that saves every train reply's arrays (what the server receives)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def __call__(self, msg, context, call_next):
-        reply = call_next(msg, context)
-        if msg.metadata.message_type == "train" and not reply.has_error():
-            arrays = {k: v.numpy() for k, v in reply.content[ARRAYS_KEY].items()}
-            name = f"r{msg.content['config']['server-round']}_n{context.node_id}.npz"
-            np.savez(os.path.join(self.folder, name), **arrays)
-        return reply
-
-
-def _training_rows(run_dir: Path) -> list[dict[str, str]]:
-    """metrics.csv's rows of the training rounds (round 0 is the untrained baseline)."""
-    with open(run_dir / "metrics.csv") as handle:
-        return [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
 
 
 def _table(run_dir: Path) -> dict[str, np.ndarray]:
@@ -174,7 +155,7 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     # round, each a training message, for 12 devices and 2 rounds)
     clear = [int(path.read_text()) for path in wire.glob("*.txt")]
     assert len(clear) == 4 * 12 * 2 and not any(clear)
-    rows = _training_rows(secure)
+    rows = training_rows(secure)
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
     assert all(float(r["rejected"]) == 0 for r in rows)
     # the same table as the plain run, to the quantization of SecAgg+ (2 / 2²² per value)
@@ -191,7 +172,7 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     final = run_simulate(
         compose("simulate", [*bounded, *dp, "secure_aggregation=secaggplus"]), private
     )
-    rows = _training_rows(private)
+    rows = training_rows(private)
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
     assert 0 < final["user_level_epsilon"] <= 4.01
 
@@ -211,7 +192,7 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     shared.append("privacy.user_target_epsilon=4")
     distributed = tmp_path / "distributed"
     final = run_simulate(compose("simulate", shared), distributed)
-    rows = _training_rows(distributed)
+    rows = training_rows(distributed)
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]
     assert [float(r["server_noise_fraction"]) for r in rows] == [0.0, 0.0]
     noisy, still = (
@@ -244,7 +225,7 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
         ),
         dropped,
     )
-    rows = _training_rows(dropped)
+    rows = training_rows(dropped)
     assert [float(r["accepted"]) for r in rows] == [10.0, 12.0]
     fractions = [float(r["server_noise_fraction"]) for r in rows]
     assert fractions == pytest.approx([1 - 9 / 12, 1 - 11 / 12])
@@ -259,19 +240,6 @@ def test_als_over_secure_aggregation_equals_the_plain_run(tmp_path):
     assert final["user_level_epsilon"] <= 4.01
 
 
-def _members(split, count: int, seed: int = 0) -> list[CohortMember]:
-    source = SplitUserSource(split, np.arange(split.train.num_users))
-    return [
-        CohortMember(
-            key=user,
-            data=source.local_data({"partition-id": user})[1],
-            state=DeviceState(),
-            seed=seed + user,
-        )
-        for user in range(count)
-    ]
-
-
 def test_each_users_real_contribution_stays_within_the_sensitivity_bounds(ml100k_shaped_split):
     clip, budget, dim = 0.5, 10, 16
     rng = np.random.default_rng(0)
@@ -280,7 +248,7 @@ def test_each_users_real_contribution_stays_within_the_sensitivity_bounds(ml100k
         "item_bias.weight": np.zeros((ml100k_shaped_split.train.num_items, 1)),
     }
     spec = AlsSpec(reg=1.0, unobserved_weight=0.1, max_items=budget, clip_norm=clip)
-    members = _members(ml100k_shaped_split, 60)
+    members = split_members(ml100k_shaped_split, 60)
     result = als_round(table, members, spec=spec, explicit=False, keep_updates=True)
     assert len(result.updates) == 60
     plan = AlsServerPlan(spec, privacy=AlsPrivacyPlan(clip, budget, 1.0, 1e-5))
@@ -311,14 +279,6 @@ def _in_process_dp(
     split, epsilon: float, rounds: int, item_grams: bool = True
 ) -> tuple[list[float], AlsPrivacyPlan]:
     """DP-ALS in process on the first 80 users; the per-round ε the server recorded."""
-    from fedrec.federation.in_process import InProcessTransport
-    from fedrec.federation.loop import FederationPlan, run_rounds
-    from fedrec.federation.server_step import StrategySpec
-    from fedrec.jobs.simulate import als_server_plan
-    from fedrec.model.mf import random_item_arrays
-    from fedrec.model.spec import ModelSpec
-    from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
-
     algorithm = AlgorithmSpec(
         name="als",
         clip_norm=1.0,
@@ -328,33 +288,8 @@ def _in_process_dp(
         count_noise_scale=1.0 if item_grams else 0.5,
     )
     privacy = PrivacySpec(mode="user", user_target_epsilon=epsilon, delta=1e-5)
-    server = als_server_plan(algorithm, privacy, rounds=rounds, devices_per_round=80)
-    source = SplitUserSource(split, np.arange(80))
-    plan = FederationPlan(
-        settings=RoundSettings(
-            model=ModelSpec(8, 0.1),
-            privacy=privacy,
-            evaluation=LocalEvalSpec(full_metrics=["ndcg@10"], sampled_metrics=[]),
-            als=algorithm.als_spec(),
-            algorithm="als",
-            seed=0,
-        ),
-        strategy=StrategySpec(),
-        rounds=rounds,
-        clients_per_round=80,
-        eval_clients_per_round=0,
-        seed=0,
-        als=server,
-    )
-    spent: list[float] = []
-    initial = random_item_arrays(split.train.num_items, 8, init_std=0.1, seed=0)
-    run_rounds(
-        InProcessTransport(source, split_replies=False),
-        plan,
-        initial,
-        on_round=lambda r: r.server_round and spent.append(r.user_level_epsilon),
-    )
-    return spent, server.privacy
+    records, private = run_in_process(split, algorithm, privacy, rounds, np.arange(80))
+    return [r.user_level_epsilon for r in records], private
 
 
 @pytest.mark.parametrize("item_grams", [True, False])
@@ -412,14 +347,8 @@ def _honest(split, spec: AlsSpec, dim: int = 8):
         "item_embedding.weight": rng.normal(0, 0.3, (split.train.num_items, dim)),
         "item_bias.weight": np.zeros((split.train.num_items, 1)),
     }
-    result = als_round(table, _members(split, 6), spec=spec, explicit=False, keep_updates=True)
+    result = als_round(table, split_members(split, 6), spec=spec, explicit=False, keep_updates=True)
     return table, result
-
-
-def _reply(key: int, arrays: dict[str, np.ndarray]) -> NodeReply:
-    return NodeReply(
-        node=key, outcomes=[UserOutcome(key, "trained")], arrays=arrays, weight=1.0, summed=True
-    )
 
 
 def test_bad_statistics_are_refused_and_counted(ml100k_shaped_split):
@@ -450,8 +379,8 @@ def test_bad_statistics_are_refused_and_counted(ml100k_shaped_split):
         assert reason is not None, name
 
     rule = AlsRule(plan, rounds=1, min_replies=1, seed=0)
-    replies = [_reply(k, result.updates[k]) for k in range(1, 6)]
-    replies += [_reply(100 + i, arrays) for i, arrays in enumerate(crafted.values())]
+    replies = [trained_reply(k, result.updates[k]) for k in range(1, 6)]
+    replies += [trained_reply(100 + i, arrays) for i, arrays in enumerate(crafted.values())]
     record = RoundRecord(server_round=1, sampled=len(replies))
     updated = rule.apply(1, table, replies, record)
     assert record.rejected == len(crafted) and record.accepted == 5
@@ -468,7 +397,7 @@ def test_the_popularity_prior_stays_within_what_devices_accept(ml100k_shaped_spl
     table, result = _honest(ml100k_shaped_split, spec)
     plan = AlsServerPlan(spec, frequent_fraction=0.05, popularity_weight=MAX_POPULARITY_WEIGHT)
     rule = AlsRule(plan, rounds=1, min_replies=1, seed=0)
-    replies = [_reply(k, update) for k, update in result.updates.items()]
+    replies = [trained_reply(k, update) for k, update in result.updates.items()]
     updated = rule.apply(1, table, replies, RoundRecord(server_round=1, sampled=len(replies)))
     assert updated is not None
     assert float(np.max(updated["item_bias.weight"])) == pytest.approx(MAX_POPULARITY_WEIGHT)
@@ -585,7 +514,7 @@ def test_statistics_are_drawn_among_the_items_the_table_trains(ml100k_shaped_spl
     untrained = rng.random(num_items) < 0.7  # the server left these at a zero row
     table["item_embedding.weight"][untrained] = 0
     result = als_round(
-        table, _members(ml100k_shaped_split, 20), spec=spec, explicit=False, keep_updates=True
+        table, split_members(ml100k_shaped_split, 20), spec=spec, explicit=False, keep_updates=True
     )
     for stats in result.updates.values():
         assert len(stats[ITEMS]) and not untrained[stats[ITEMS]].any()
@@ -659,7 +588,7 @@ def test_a_dp_als_simulation_reports_its_guarantee(tmp_path):
     # item_grams=false: the real replies carry no per-item Gram, and the server took them all
     replies = [dict(np.load(path)) for path in sorted(audit.glob("*.npz"))]
     assert replies and all(set(r) == set(STATISTIC_NAMES) - {LHS} for r in replies)
-    rows = _training_rows(tmp_path / "dp")
+    rows = training_rows(tmp_path / "dp")
     assert [float(r["rejected"]) for r in rows] == [0.0, 0.0]
     assert all(float(r["accepted"]) == 12 for r in rows)
     reported = summary["user_level"]

@@ -10,11 +10,16 @@ covariance's eigenvectors gives.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from als_helpers import (
+    ReplyAudit,
+    run_in_process,
+    split_members,
+    trained_reply,
+    training_rows,
+)
 from opacus.accountants import RDPAccountant
 
 from fedrec.config import compose
@@ -27,17 +32,13 @@ from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate
 from fedrec.jobs.tune import run_als_in_process
 from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
-from fedrec.nodes.sources import SplitUserSource
 from fedrec.privacy import PrivacySpec
 from fedrec.privacy.als import AlsPrivacyPlan, plan_dp_als
-from fedrec.protocol.replies import NodeReply, UserOutcome
 from fedrec.protocol.settings import AlsSpec
-from fedrec.protocol.wire import ARRAYS_KEY
 from fedrec.training.als.covariance import COVARIANCE
 from fedrec.training.als.solve import items_from_covariance
 from fedrec.training.als.statistics import COUNTS, ITEMS
 from fedrec.training.als.trainer import als_round
-from fedrec.training.state import CohortMember, DeviceState
 
 SMALL = [
     "algorithm=als",
@@ -50,14 +51,6 @@ SMALL = [
     "federation.eval_clients_per_round=0",
     "federation.ray_cpus=2",
 ]
-
-
-def _members(split, count: int) -> list[CohortMember]:
-    source = SplitUserSource(split, np.arange(split.train.num_users))
-    return [
-        CohortMember(user, source.local_data({"partition-id": user})[1], DeviceState(), user)
-        for user in range(count)
-    ]
 
 
 def _table(split, dim: int, trained: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -74,14 +67,8 @@ def _trained(split, fraction: float = 0.1) -> np.ndarray:
     return mask
 
 
-def _reply(key: int, arrays: dict[str, np.ndarray]) -> NodeReply:
-    return NodeReply(
-        node=key, outcomes=[UserOutcome(key, "trained")], arrays=arrays, weight=1.0, summed=True
-    )
-
-
 def test_each_users_real_releases_have_the_unit_norm_the_noise_assumes(ml100k_shaped_split):
-    split, members = ml100k_shaped_split, _members(ml100k_shaped_split, 60)
+    split, members = ml100k_shaped_split, split_members(ml100k_shaped_split, 60)
     trained = _trained(split)
     catalogue = split.train.num_items
     for release in ("popularity", "covariance"):
@@ -127,7 +114,7 @@ def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
     spec = AlsSpec(reg=1.0, unobserved_weight=0.1, release="covariance")
     trained = _trained(split)
     table = _table(split, 8, trained)
-    result = als_round(table, _members(split, 6), spec=spec, explicit=False, keep_updates=True)
+    result = als_round(table, split_members(split, 6), spec=spec, explicit=False, keep_updates=True)
     good = result.updates[0]
     cov = good[COVARIANCE].astype(np.float64)
     nan = cov.copy()
@@ -162,8 +149,8 @@ def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
     rule = AlsRule(plan, rounds=2, min_replies=1, seed=0)
     rule.step.counts = np.bincount(split.train.items, minlength=len(trained)).astype(float)
     assert rule.round_config(2, {})["als.release"] == "covariance"
-    replies = [_reply(k, result.updates[k]) for k in range(1, 6)]
-    replies += [_reply(100 + i, arrays) for i, arrays in enumerate(crafted.values())]
+    replies = [trained_reply(k, result.updates[k]) for k in range(1, 6)]
+    replies += [trained_reply(100 + i, arrays) for i, arrays in enumerate(crafted.values())]
     record = RoundRecord(server_round=2, sampled=len(replies))
     updated = rule.apply(2, table, replies, record)
     assert record.rejected == len(crafted) and record.accepted == 5
@@ -173,43 +160,6 @@ def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
     restored = AlsRule(plan, rounds=3, min_replies=1, seed=0)
     restored.step.restore(rule.step.state())
     assert restored.round_config(3, {})["als.release"] == "factors"
-
-
-def _in_process(split, algorithm: AlgorithmSpec, privacy: PrivacySpec, rounds: int, users):
-    from fedrec.federation.in_process import InProcessTransport
-    from fedrec.federation.loop import FederationPlan, run_rounds
-    from fedrec.federation.server_step import StrategySpec
-    from fedrec.jobs.simulate import als_server_plan
-    from fedrec.model.mf import random_item_arrays
-    from fedrec.model.spec import ModelSpec
-    from fedrec.protocol.settings import LocalEvalSpec, RoundSettings
-
-    server = als_server_plan(algorithm, privacy, rounds=rounds, devices_per_round=len(users))
-    plan = FederationPlan(
-        settings=RoundSettings(
-            model=ModelSpec(8, 0.1),
-            privacy=privacy,
-            evaluation=LocalEvalSpec(full_metrics=["ndcg@10"], sampled_metrics=[]),
-            als=algorithm.als_spec(),
-            algorithm="als",
-            seed=0,
-        ),
-        strategy=StrategySpec(),
-        rounds=rounds,
-        clients_per_round=len(users),
-        eval_clients_per_round=0,
-        seed=0,
-        als=server,
-    )
-    records: list[RoundRecord] = []
-    initial = random_item_arrays(split.train.num_items, 8, init_std=0.1, seed=0)
-    run_rounds(
-        InProcessTransport(SplitUserSource(split, users), split_replies=False),
-        plan,
-        initial,
-        on_round=lambda r: r.server_round and records.append(r),
-    )
-    return records, server.privacy
 
 
 def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
@@ -223,7 +173,7 @@ def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
         covariance_start=True,
     )
     privacy = PrivacySpec(mode="user", user_target_epsilon=4.0, delta=1e-5)
-    records, private = _in_process(ml100k_shaped_split, algorithm, privacy, 3, np.arange(80))
+    records, private = run_in_process(ml100k_shaped_split, algorithm, privacy, 3, np.arange(80))
     z = private.noise_multiplier
     fresh = RDPAccountant()
     steps = [
@@ -275,26 +225,11 @@ def test_covariance_start_refusals(tmp_path):
         AlsSpec(release="everything")
 
 
-class ReplyNames:
-    """A client mod that writes each train reply's array names and the factor it would hide."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def __call__(self, msg, context, call_next):
-        reply = call_next(msg, context)
-        if msg.metadata.message_type == "train" and not reply.has_error():
-            arrays = {k: v.numpy() for k, v in reply.content[ARRAYS_KEY].items()}
-            name = f"r{msg.content['config']['server-round']}_n{context.node_id}.npz"
-            np.savez(os.path.join(self.folder, name), **arrays)
-        return reply
-
-
 def test_a_flower_simulation_releases_the_covariances_eigenvectors(tmp_path):
     audit = tmp_path / "replies"
     audit.mkdir()
     cfg = compose("simulate", SMALL)
-    run_simulate(cfg, tmp_path / "run", client_mods=[ReplyNames(audit)])
+    run_simulate(cfg, tmp_path / "run", client_mods=[ReplyAudit(audit)])
     names = {
         path.name.split("_")[0]: set(np.load(path).files) for path in sorted(audit.glob("*.npz"))
     }
@@ -346,7 +281,6 @@ def test_components_below_the_noise_edge_are_dropped():
 
 
 def test_a_dp_covariance_start_simulation_reports_its_guarantee(tmp_path):
-    import csv
     import json
 
     overrides = [
@@ -361,8 +295,7 @@ def test_a_dp_covariance_start_simulation_reports_its_guarantee(tmp_path):
     ]
     final = run_simulate(compose("simulate", overrides), tmp_path / "dp")
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
-    with open(tmp_path / "dp" / "metrics.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(float(r["server_round"])) > 0]
+    rows = training_rows(tmp_path / "dp")
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]  # both releases taken whole
     plan = plan_dp_als(
         clip_norm=1,
@@ -401,11 +334,13 @@ def test_the_popularity_round_marks_the_items_the_covariance_covers(ml100k_shape
         ITEM_EMBEDDING: np.zeros((split.train.num_items, 8)),
         ITEM_BIAS: np.zeros((split.train.num_items, 1)),
     }
-    result = als_round(zeros, _members(split, 40), spec=spec, explicit=False, keep_updates=True)
+    result = als_round(
+        zeros, split_members(split, 40), spec=spec, explicit=False, keep_updates=True
+    )
     plan = AlsServerPlan(spec, frequent_fraction=0.1, covariance_start=True)
     rule = AlsRule(plan, rounds=2, min_replies=1, seed=0)
     assert rule.round_config(1, {})["als.release"] == "popularity"
-    replies = [_reply(k, arrays) for k, arrays in result.updates.items()]
+    replies = [trained_reply(k, arrays) for k, arrays in result.updates.items()]
     table = rule.apply(1, zeros, replies, RoundRecord(server_round=1, sampled=len(replies)))
     assert table is not None
     marked = np.any(table[ITEM_EMBEDDING] != 0, axis=1)

@@ -28,8 +28,9 @@ first two rounds release, instead, the users' items weighted 1/√k (sensitivity
 ``count_noise_scale · z``: the popularity that chooses the frequent items) and the item-item
 covariance Σ x̂x̂ᵀ over the frequent items (sensitivity 1, std ``z`` on every entry of its upper
 triangle, mirrored), whose top eigenvectors are the first item table; rounds after those are the
-factor releases above. Noise is
-i.i.d. on every entry (the d×d matrices are then symmetrised and projected to PSD:
+factor releases above.
+
+Noise is i.i.d. on every entry (the d×d matrices are then symmetrised and projected to PSD:
 post-processing). Every user is counted in every round (sampling rate 1: no amplification is
 claimed, so the guarantee holds whoever was sampled or dropped out). RDP composes the releases
 exactly; ε is Opacus' RDP accountant's over that history, and a target ε solves z.
@@ -49,6 +50,7 @@ arrive, equal to the model's once ``s − 1 ≥ t``. Trust model: the server is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -166,6 +168,14 @@ class AlsPrivacyPlan:
     ) -> float:
         return self.epsilon_of(self.history(releases, count_releases, covariance_releases))
 
+    def mechanisms_per_unit(self, rounds: int) -> float:
+        """Σ 1/multiplier² over a whole run in units of 1/z²: the run is as private as one
+        Gaussian mechanism of multiplier z/√(this), which is how a target ε solves z."""
+        z = self.noise_multiplier
+        return sum(
+            times * (z / multiplier) ** 2 for multiplier, _, times in self.run_history(rounds)
+        )
+
     def run_history(self, rounds: int) -> list[PrivacyStep]:
         """Every release of a whole run of ``rounds`` rounds."""
         if self.covariance_start:
@@ -177,23 +187,6 @@ class AlsPrivacyPlan:
         from fedrec.privacy.accounting import epsilon_spent
 
         return epsilon_spent(steps, delta=self.delta)
-
-
-def mechanisms_per_unit(
-    rounds: int,
-    gram_noise_scale: float,
-    count_release: bool,
-    item_grams: bool = True,
-    count_noise_scale: float = 1.0,
-    covariance_start: bool = False,
-) -> float:
-    """Σ 1/multiplier² of a whole run in units of 1/z²: the run is as private as one Gaussian
-    mechanism of multiplier z/√(this), which is how a target ε solves z. A covariance start
-    spends its first two rounds on the counts and one covariance release."""
-    per_item = 2 if item_grams else 1
-    counts = 1 / count_noise_scale**2 if count_release else 0.0
-    factor_rounds, covariance = (max(rounds - 2, 0), 1.0) if covariance_start else (rounds, 0.0)
-    return factor_rounds * (per_item + 1 / gram_noise_scale**2) + counts + covariance
 
 
 def plan_dp_als(
@@ -213,20 +206,12 @@ def plan_dp_als(
 ) -> AlsPrivacyPlan:
     """The plan of a run: ``noise_multiplier`` as given, or the smallest one that keeps the
     whole run within ``target_epsilon`` (solved on the run's exact RDP composition)."""
-    if target_epsilon is not None:
-        from fedrec.privacy.accounting import solve_noise_multiplier
-
-        units = mechanisms_per_unit(
-            rounds, gram_noise_scale, count_release, item_grams, count_noise_scale, covariance_start
-        )
-        single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1)
-        noise_multiplier = single * math.sqrt(units)
-    if noise_multiplier is None:
+    if noise_multiplier is None and target_epsilon is None:
         raise ValueError("DP-ALS needs a noise multiplier or a target ε")
     plan = AlsPrivacyPlan(
         clip_norm,
         max_items,
-        float(noise_multiplier),
+        1.0 if noise_multiplier is None else float(noise_multiplier),
         delta,
         gram_noise_scale,
         count_release,
@@ -236,6 +221,11 @@ def plan_dp_als(
         covariance_start,
     )
     if target_epsilon is not None:
+        from fedrec.privacy.accounting import solve_noise_multiplier
+
+        single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1)
+        solved = single * math.sqrt(plan.mechanisms_per_unit(rounds))  # plan's z is 1 here
+        plan = dataclasses.replace(plan, noise_multiplier=solved)
         spent = plan.epsilon_of(plan.run_history(rounds))
         if spent > target_epsilon * (1 + 1e-6) + 0.01:
             raise PrivacyAccountingError(
