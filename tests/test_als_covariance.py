@@ -27,7 +27,7 @@ from fedrec.config.algorithm import AlgorithmSpec
 from fedrec.data import load_split
 from fedrec.eval.evaluate import per_user_items
 from fedrec.federation.als_checks import start_release_rejection
-from fedrec.federation.als_rule import AlsRule, AlsServerPlan, symmetric_noise
+from fedrec.federation.als_rule import AlsRule, AlsServerPlan, spectral_edge, symmetric_noise
 from fedrec.federation.record import RoundRecord
 from fedrec.jobs.simulate import choose_users, run_simulate
 from fedrec.jobs.tune import run_als_in_process
@@ -206,7 +206,12 @@ def test_the_start_releases_have_the_stated_noise():
         np.zeros((400, 400)), private.stds["covariance"], np.random.default_rng(0)
     )
     np.testing.assert_array_equal(noisy, noisy.T)
-    assert noisy[np.triu_indices(400)].std() == pytest.approx(1.3, rel=0.01)
+    # the Gaussian mechanism on all m² entries (Frobenius sensitivity 1), symmetrised: z on the
+    # diagonal, z/√2 off it
+    assert np.diag(noisy).std() == pytest.approx(1.3, rel=0.1)
+    assert noisy[np.triu_indices(400, 1)].std() == pytest.approx(1.3 / math.sqrt(2), rel=0.01)
+    # the top eigenvalue of that noise sits at the spectral edge the server thresholds at
+    assert np.linalg.eigvalsh(noisy)[-1] == pytest.approx(spectral_edge(1.3, 400), rel=0.05)
     with pytest.raises(ValueError, match="distributed"):
         AlsPrivacyPlan(1.0, 30, 1.3, 1e-5, noise_shares=4, item_grams=False, covariance_start=True)
 
@@ -263,9 +268,10 @@ def test_components_below_the_noise_edge_are_dropped():
     rng = np.random.default_rng(3)
     size, std = 200, 1.0
     basis = np.linalg.qr(rng.normal(size=(size, 3)))[0]
-    signal = basis @ np.diag([400.0, 120.0, 5.0]) @ basis.T  # the third is below the edge (28)
+    signal = basis @ np.diag([400.0, 120.0, 5.0]) @ basis.T  # the third is below the edge (20)
     noisy = symmetric_noise(signal, std, rng)
-    table = items_from_covariance(noisy, 6, noise_edge=2 * std * math.sqrt(size))
+    edge = spectral_edge(std, size)
+    table = items_from_covariance(noisy, 6, noise_edge=edge)
     kept = np.flatnonzero(np.abs(table).sum(axis=0) > 0)
     np.testing.assert_array_equal(kept, [0, 1])  # the two real components, nothing else
     # each kept column is its component's eigenvector (up to the sign fixed by the largest entry)
@@ -273,7 +279,7 @@ def test_components_below_the_noise_edge_are_dropped():
         cosine = abs(table[:, column] @ basis[:, column]) / np.linalg.norm(table[:, column])
         assert cosine > 0.95
     # noise alone: only the top direction is kept
-    alone = items_from_covariance(symmetric_noise(np.zeros((size, size)), std, rng), 6, 28.3)
+    alone = items_from_covariance(symmetric_noise(np.zeros((size, size)), std, rng), 6, edge)
     assert np.count_nonzero(np.abs(alone).sum(axis=0)) == 1
     # no noise: every requested column, scaled to an RMS row norm of 1
     exact = items_from_covariance(signal + np.diag(np.full(size, 1.0)), 4)

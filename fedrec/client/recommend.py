@@ -66,7 +66,11 @@ def solve_own_factor(
 
     items = np.unique(np.asarray(list(own_items), dtype=np.int64))
     factor = solve_users(
-        item_table[ITEM_EMBEDDING], [items], reg=spec.reg, unobserved_weight=spec.unobserved_weight
+        item_table[ITEM_EMBEDDING],
+        [items],
+        reg=spec.reg,
+        unobserved_weight=spec.unobserved_weight,
+        reg_exponent=spec.reg_exponent,
     )[0]
     return {USER_EMBEDDING: factor.reshape(1, -1)}
 

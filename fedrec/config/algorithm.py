@@ -18,7 +18,8 @@ from fedrec.protocol.settings import ALGORITHMS, AlsSpec
 class AlgorithmSpec:
     """Mirrors ``configs/algorithm/*.yaml``. The ALS fields are ignored by ``mf``.
 
-    ``reg``/``unobserved_weight``/``max_items``/``clip_norm``: the devices' :class:`AlsSpec`.
+    ``reg``/``unobserved_weight``/``reg_exponent``/``max_items``/``clip_norm``: the devices'
+    :class:`AlsSpec`.
     ``frequent_fraction``: the share of items, by (private) count, the server trains; the rest
     are ranked by that count. ``gram_noise_scale`` / ``count_noise_scale``: DP-ALS's noise
     multiplier on the global Gram / on the one count release, relative to the per-item sums' (G
@@ -39,6 +40,7 @@ class AlgorithmSpec:
     name: str = "mf"
     reg: float = 3.0
     unobserved_weight: float = 0.3
+    reg_exponent: float = 0.0
     max_items: int = 0
     clip_norm: float = 0.0
     frequent_fraction: float = 1.0
@@ -79,6 +81,7 @@ class AlgorithmSpec:
         return AlsSpec(
             reg=self.reg,
             unobserved_weight=self.unobserved_weight,
+            reg_exponent=self.reg_exponent,
             max_items=self.max_items,
             clip_norm=self.clip_norm,
             item_grams=self.item_grams,

@@ -240,17 +240,25 @@ class AlsRule(ServerRule):
         popularity = self.step.counts  # type: ignore[attr-defined]
         if popularity is None:  # DP-ALS without a count release trains every item
             popularity = np.zeros(num_items)
+        seen = counts if private is None else popularity
         if self.plan.spec.item_grams:
             # noisy sums: post-processing; honest ones: a no-op; a crafted one cannot go indefinite
             lhs = project_psd(lhs)
         else:  # each item's users taken as a draw of average users
             per_user = gram / max(record.sampled, 1)  # N: the users asked, fixed by the plan
-            seen = counts if private is None else popularity
             lhs = np.maximum(seen, 0)[:, None, None] * per_user[None]
         trained = self._frequent(popularity)
         spec = self.plan.spec
         table = solve_items(
-            lhs, rhs, gram, reg=spec.reg, unobserved_weight=spec.unobserved_weight, rows=trained
+            lhs,
+            rhs,
+            gram,
+            reg=spec.reg,
+            unobserved_weight=spec.unobserved_weight,
+            rows=trained,
+            reg_exponent=spec.reg_exponent,
+            counts=seen,
+            num_users=record.sampled,
         )
         return self._table(table, popularity, trained, current)
 
@@ -299,7 +307,7 @@ class AlsRule(ServerRule):
             edge = 0.0
             if private is not None:
                 cov = symmetric_noise(cov, private.stds["covariance"], self.rng)
-                edge = 2 * private.stds["covariance"] * math.sqrt(len(ids))
+                edge = spectral_edge(private.stds["covariance"], len(ids))
             table = np.zeros((num_items, dim))
             table[ids] = items_from_covariance(cov, dim, noise_edge=edge)
             self.step.covariance_done = True  # type: ignore[attr-defined]
@@ -352,10 +360,20 @@ def noisy_sums(
 
 
 def symmetric_noise(matrix: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
-    """``matrix`` plus i.i.d. N(0, std²) on every entry of its upper triangle (diagonal included),
-    mirrored below: the Gaussian mechanism on the values a symmetric release really has."""
-    upper = np.triu(rng.normal(0.0, std, size=np.shape(matrix)))
-    return np.asarray(matrix, dtype=np.float64) + upper + np.triu(upper, 1).T
+    """``matrix`` plus the Gaussian mechanism on all of its m×m entries (i.i.d. N(0, std²); a
+    user's share has L2 norm = its Frobenius norm), then symmetrised (post-processing).
+
+    The symmetric noise left has std ``std`` on the diagonal and ``std/√2`` off it: the scale of
+    "Analyze Gauss" (Dwork, Talwar, Thakurta & Zhang, STOC 2014). Adding ``std`` to the upper
+    triangle alone would be √2 more noise off the diagonal than the same guarantee needs."""
+    return np.asarray(matrix, dtype=np.float64) + symmetrize(rng.normal(0.0, std, np.shape(matrix)))
+
+
+def spectral_edge(std: float, size: int) -> float:
+    """Where the spectrum of :func:`symmetric_noise`'s noise ends for an m×m matrix: 2·(std/√2)·√m
+    (Wigner's semicircle; the off-diagonal scale sets it). A covariance eigenvalue below it is
+    one the noise alone could have produced."""
+    return math.sqrt(2.0) * std * math.sqrt(size)
 
 
 def _dense_sums(

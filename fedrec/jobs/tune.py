@@ -41,10 +41,13 @@ logger = logging.getLogger("fedrec")
 
 # What the shipped ALS settings were chosen from (configs/algorithm/als.yaml); a command-line
 # ``grid={...}`` replaces it whole (the config's grid is null so that Hydra replaces, not merges).
-DEFAULT_GRID: dict[str, list[Any]] = {
-    "reg": [1.0, 3.0, 10.0],
-    "unobserved_weight": [0.1, 0.3, 1.0],
-}
+# A flat λ (ν = 0) and a frequency-scaled one (ν = 1, fedrec.training.als.solve), each with its
+# own reg scale (λ·(n + α₀·M) is ~100-1000× reg on MovieLens-sized catalogues). Neither family
+# wins everywhere: ν = 1 on MovieLens-shaped logs, ν = 0 on Last.fm (RESULTS.md, 2026-12-07).
+DEFAULT_GRID: list[dict[str, list[Any]]] = [
+    {"reg_exponent": [0.0], "reg": [1.0, 3.0, 10.0], "unobserved_weight": [0.1, 0.3, 1.0]},
+    {"reg_exponent": [1.0], "reg": [0.003, 0.01, 0.03], "unobserved_weight": [0.1, 0.3, 1.0]},
+]
 VALIDATION_SEED_OFFSET = 1000  # the validation carve's seed: the test split's seed + this
 # noise_shares is not a setting to tune: distributed DP needs SecAgg+ devices, which the
 # in-process federation has not (its ε is central DP-ALS's; its noise s/t of it, docs/als.md)
@@ -74,7 +77,7 @@ class TuneJobConfig:
     algorithm: AlgorithmSpec = field(default_factory=lambda: AlgorithmSpec(name="als"))
     model: ModelSpec = field(default_factory=ModelSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
-    grid: Any = None  # a dict of field → values; None: DEFAULT_GRID
+    grid: Any = None  # a dict of field → values; None: the DEFAULT_GRID pair
     rounds: int = 8
     metric: str = "ndcg@10"
     seed: int = 0
@@ -163,10 +166,11 @@ def _same_held_out(first: Split, second: Split) -> bool:
     return np.array_equal(pairs(first), pairs(second))
 
 
-def grid_of(value: Any) -> dict[str, list[Any]]:
-    """The config's ``grid``: None (the default grid) or ``{field: [values], ...}``."""
+def grid_of(value: Any) -> list[dict[str, list[Any]]]:
+    """The config's ``grid`` as grids whose candidates are pooled: None (the default grids) or
+    one ``{field: [values], ...}``."""
     if value is None:
-        return dict(DEFAULT_GRID)
+        return [dict(grid) for grid in DEFAULT_GRID]
     if not isinstance(value, Mapping) or not all(
         isinstance(v, Sequence) and not isinstance(v, str) for v in value.values()
     ):
@@ -174,7 +178,7 @@ def grid_of(value: Any) -> dict[str, list[Any]]:
             f"tune.grid={value!r}; expected a mapping of field → list of values, e.g. "
             "'grid={reg:[1,3,10],unobserved_weight:[0.1,0.3]}'"
         )
-    return {str(k): list(v) for k, v in value.items()}
+    return [{str(k): list(v) for k, v in value.items()}]
 
 
 def candidates(base: AlgorithmSpec, dim: int, grid: dict[str, list[Any]]) -> list[dict]:
@@ -279,7 +283,11 @@ def run_tune(cfg: TuneJobConfig, run_dir: str | Path) -> dict[str, float]:
         raise ValueError(f"tune.rounds={cfg.rounds}; expected >= 1")
     if not 1 <= cfg.validation_carves <= 20:
         raise ValueError(f"tune.validation_carves={cfg.validation_carves}; expected 1..20")
-    grid = candidates(cfg.algorithm, cfg.model.embedding_dim, grid_of(cfg.grid))
+    grid = [
+        point
+        for one in grid_of(cfg.grid)
+        for point in candidates(cfg.algorithm, cfg.model.embedding_dim, one)
+    ]
     split = load_split(cfg.dataset)
     carves = [validation_split(split, carve) for carve in range(cfg.validation_carves)]
     validation = carves[0]

@@ -266,6 +266,7 @@ def _als_states(
         [data.train_items for _, data in chosen],
         reg=settings.als.reg,
         unobserved_weight=settings.als.unobserved_weight,
+        reg_exponent=settings.als.reg_exponent,
     )
     return {
         key: DeviceState(user_arrays=user_state_arrays(factor))

@@ -26,9 +26,9 @@ the frequent items the model trains (the others are ranked by that private popul
 **Covariance start** (``covariance_start``, :mod:`fedrec.training.als.covariance`): the run's
 first two rounds release, instead, the users' items weighted 1/√k (sensitivity 1, std
 ``count_noise_scale · z``: the popularity that chooses the frequent items) and the item-item
-covariance Σ x̂x̂ᵀ over the frequent items (sensitivity 1, std ``z`` on every entry of its upper
-triangle, mirrored), whose top eigenvectors are the first item table; rounds after those are the
-factor releases above.
+covariance Σ x̂x̂ᵀ over the frequent items (Frobenius sensitivity 1, std ``z`` on every entry of
+the m×m matrix, then symmetrised: z on the diagonal, z/√2 off it), whose top eigenvectors are
+the first item table; rounds after those are the factor releases above.
 
 Noise is i.i.d. on every entry (the d×d matrices are then symmetrised and projected to PSD:
 post-processing). Every user is counted in every round (sampling rate 1: no amplification is

@@ -68,7 +68,9 @@ class AlsSpec:
 
     The model is implicit-feedback ALS with a "gravity" term (Rendle et al. 2022's iALS; Chien et
     al. 2021's DP-ALS): observed pairs pull ``⟨u, v_j⟩`` to 1, every pair is pulled to 0 with
-    weight ``unobserved_weight``, and ``reg`` is the ridge penalty. ``max_items`` (> 0) bounds a
+    weight ``unobserved_weight``, and ``reg`` is the ridge penalty (``reg_exponent`` ν > 0: a
+    user's is ``reg·(their items + unobserved_weight·all items)^ν``, frequency-scaled as in
+    :mod:`fedrec.training.als.solve`). ``max_items`` (> 0) bounds a
     user's released statistics to that many of their items, drawn at random each round (their
     own factor is still solved from all of them); ``clip_norm`` (> 0) bounds the user factor's
     L2 norm before statistics are built. Both bound one user's contribution, as DP-ALS's
@@ -91,6 +93,7 @@ class AlsSpec:
 
     reg: float = 3.0  # the shipped defaults (configs/algorithm/als.yaml), chosen on validation
     unobserved_weight: float = 0.3
+    reg_exponent: float = 0.0
     max_items: int = 0
     clip_norm: float = 0.0
     item_grams: bool = True
@@ -108,6 +111,8 @@ class AlsSpec:
             raise ValueError(f"als.reg={self.reg}; expected 0 < reg <= 1e6")
         if not 0 <= self.unobserved_weight <= 1e6:
             raise ValueError(f"als.unobserved_weight={self.unobserved_weight}; expected >= 0")
+        if not 0 <= self.reg_exponent <= 2:
+            raise ValueError(f"als.reg_exponent={self.reg_exponent}; expected 0 <= ν <= 2")
         if not 0 <= self.max_items <= 1_000_000:
             raise ValueError(f"als.max_items={self.max_items}; expected 0..1000000")
         if not self.clip_norm >= 0:
@@ -269,6 +274,7 @@ ROUND_CONFIG_DOCS: dict[str, tuple[str, str]] = {
     "algorithm": (", ".join(ALGORITHMS), "DP-SGD matrix factorization, or federated (DP-)ALS"),
     "als.reg": ("(0, 1e6]", "ALS ridge penalty λ"),
     "als.unobserved_weight": (">= 0", "ALS weight α₀ pulling every unobserved score to 0"),
+    "als.reg_exponent": ("[0, 2]", "ν: λ scaled by (the row's count + α₀·all rows)^ν; 0: flat"),
     "als.max_items": ("0..1000000; 0: all", "items whose statistics a user releases per round"),
     "als.clip_norm": (">= 0; 0: none", "L2 bound on the user factor before statistics are built"),
     "als.item_grams": ("true, false", "send the per-item Grams als.lhs (false: none is used)"),

@@ -66,6 +66,7 @@ def als_round(
         reg=spec.reg,
         unobserved_weight=spec.unobserved_weight,
         gram=gram,
+        reg_exponent=spec.reg_exponent,
     )
     released = clip_factors(factors, spec.clip_norm)
     # Items the server left untrained (a zero row: not frequent in the private count release)
