@@ -34,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,10 @@ def tune_implicit(
     return chosen, best[f"validation_{METRIC}"], rows
 
 
-def run_seed(path: str, seed: int, rounds: int, grid: dict[str, list[Any]]) -> dict[str, Any]:
-    cfg = compose("simulate", overrides(path, seed))
+def run_seed(
+    path: str, seed: int, rounds: int, grid: dict[str, list[Any]], extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    cfg = compose("simulate", [*overrides(path, seed), *extra])
     split = load_split(cfg.dataset)
     out: dict[str, Any] = {"seed": seed, "split": split}
 
@@ -179,6 +182,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="a smaller implicit grid")
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="config overrides for fedrec's run, e.g. algorithm.reg_exponent=1 (default: none, "
+        "the shipped settings)",
+    )
     args = parser.parse_args()
     if not Path(args.path).is_file():
         parser.error(
@@ -187,15 +197,17 @@ def main() -> None:
         )
     grid = IMPLICIT_QUICK_GRID if args.quick else IMPLICIT_GRID
     started = time.perf_counter()
-    runs = [run_seed(args.path, seed, args.rounds, grid) for seed in args.seeds]
+    runs = [run_seed(args.path, seed, args.rounds, grid, args.override) for seed in args.seeds]
     total_s = time.perf_counter() - started
 
     split: Split = runs[0]["split"]
     settings = runs[0]["fedrec_settings"]
+    how = f"with {' '.join(args.override)}" if args.override else "shipped"
     names = {
         "popularity": "most popular (exact training counts)",
         "fedrec_als": (
-            f"fedrec federated ALS, shipped (reg {settings['reg']}, ν {settings['reg_exponent']}, "
+            f"fedrec federated ALS, {how} "
+            f"(reg {settings['reg']}, ν {settings['reg_exponent']}, "
             f"unobserved_weight {settings['unobserved_weight']}, dim {EMBEDDING_DIM}, "
             f"{args.rounds} rounds)"
         ),
