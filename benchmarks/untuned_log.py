@@ -225,7 +225,7 @@ def main() -> None:
         rows.append(cells)
     header = ["run", *METRICS, "wall s (fit + score)", f"{METRIC} ratio to implicit"]
 
-    print("# fedrec ALS (shipped settings) vs implicit ALS (tuned) on HetRec 2011 Last.fm-2k\n")
+    print(f"# fedrec ALS ({how}) vs implicit ALS (tuned) on HetRec 2011 Last.fm-2k\n")
     print(f"- machine: {machine()}")
     print(f"- log: {args.path} (sha256 {file_digest(args.path)[:16]}…)")
     print(
