@@ -1,5 +1,6 @@
-"""What the federated ALS test modules share: the reply audit, real users as cohort members,
-a node's reply, metrics.csv's training rows, and an in-process (DP-)ALS federation."""
+"""What the federated ALS test modules share: the small Flower federation's overrides, the reply
+audit, real users as cohort members, a node's reply, metrics.csv's training rows, and an
+in-process (DP-)ALS federation."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ from fedrec.privacy.als import AlsPrivacyPlan
 from fedrec.protocol.replies import NodeReply, UserOutcome
 from fedrec.protocol.wire import ARRAYS_KEY
 from fedrec.training.state import CohortMember, DeviceState
+
+# federated ALS on 12 users of the small synthetic log, every user in both rounds, no
+# evaluation rounds: each module adds its model size and algorithm settings
+TWELVE_USER_ALS = [
+    "algorithm=als",
+    "federation.num_clients=12",
+    "federation.clients_per_round=12",
+    "federation.rounds=2",
+    "federation.eval_clients_per_round=0",
+    "federation.ray_cpus=2",
+]
 
 
 class ReplyAudit:

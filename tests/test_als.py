@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from als_helpers import (
+    TWELVE_USER_ALS,
     ReplyAudit,
     run_in_process,
     split_members,
@@ -58,16 +59,7 @@ from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, STATIS
 from fedrec.training.als.trainer import als_round
 from fedrec.training.table_check import check_item_table
 
-SMALL = [
-    "algorithm=als",
-    "model.embedding_dim=8",
-    "federation.num_clients=12",
-    "federation.clients_per_round=12",
-    "federation.rounds=2",
-    "federation.eval_clients_per_round=0",
-    "federation.ray_cpus=2",
-    "federation.cohort_nodes=2",
-]
+SMALL = [*TWELVE_USER_ALS, "model.embedding_dim=8", "federation.cohort_nodes=2"]
 
 
 def _table(run_dir: Path) -> dict[str, np.ndarray]:

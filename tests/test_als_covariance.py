@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 from als_helpers import (
+    TWELVE_USER_ALS,
     ReplyAudit,
     run_in_process,
     split_members,
@@ -41,15 +42,10 @@ from fedrec.training.als.statistics import COUNTS, ITEMS
 from fedrec.training.als.trainer import als_round
 
 SMALL = [
-    "algorithm=als",
+    *TWELVE_USER_ALS,
     "algorithm.covariance_start=true",
     "algorithm.frequent_fraction=0.1",
     "model.embedding_dim=4",
-    "federation.num_clients=12",
-    "federation.clients_per_round=12",
-    "federation.rounds=2",
-    "federation.eval_clients_per_round=0",
-    "federation.ray_cpus=2",
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from als_helpers import TWELVE_USER_ALS
 
 from fedrec.config import compose
 from fedrec.config.algorithm import AlgorithmSpec
@@ -82,15 +83,10 @@ def test_bad_exponents_are_refused_where_they_enter():
 
 def test_the_flower_and_in_process_federations_apply_it_alike(tmp_path):
     small = [
-        "algorithm=als",
+        *TWELVE_USER_ALS,
         "algorithm.reg=0.01",
         "algorithm.reg_exponent=1",
         "model.embedding_dim=8",
-        "federation.num_clients=12",
-        "federation.clients_per_round=12",
-        "federation.rounds=2",
-        "federation.eval_clients_per_round=0",
-        "federation.ray_cpus=2",
     ]
     cfg = compose("simulate", small)
     run_simulate(cfg, tmp_path / "run")

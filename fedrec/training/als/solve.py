@@ -15,8 +15,9 @@ the users who touched it, ``A_j = Σ u uᵀ`` and ``b_j = Σ u``, and the global
 items or the item's users; M: all items or all users), Rendle et al.'s frequency-scaled
 regularization ("Revisiting the Performance of iALS on Item Recommendation Benchmarks", RecSys
 2022): a heavy user or a popular item is shrunk as much as its larger loss term warrants, so one
-λ fits rows of every size. On ML-100K's validation split ν = 1 chose a model scoring 0.0771
-NDCG@10 on test (3 seeds) against 0.0744 with ν = 0 (benchmarks/RESULTS.md).
+λ fits rows of every size. Chosen on ML-100K's validation split, ν = 1 scored 0.0754 NDCG@10 on
+test (3 seeds) against 0.0738 with ν = 0; it does not carry across catalogue sizes with one reg
+(docs/als.md, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
