@@ -36,8 +36,17 @@ from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.privacy import PrivacySpec
 from fedrec.privacy.als import AlsPrivacyPlan, plan_dp_als
 from fedrec.protocol.settings import AlsSpec
-from fedrec.training.als.covariance import COVARIANCE
-from fedrec.training.als.solve import items_from_covariance
+from fedrec.training.als.covariance import (
+    COVARIANCE,
+    CROSS,
+    MIN_RESIDUAL,
+    WEIGHT,
+    covariance_of,
+    deflated_sum,
+    direction_of,
+    items_from_covariance,
+    popularity_table,
+)
 from fedrec.training.als.statistics import COUNTS, ITEMS
 from fedrec.training.als.trainer import als_round
 
@@ -63,15 +72,38 @@ def _trained(split, fraction: float = 0.1) -> np.ndarray:
     return mask
 
 
+def _start_table(split, dim: int, trained: np.ndarray) -> dict[str, np.ndarray]:
+    """The table a popularity round sends: the trained items' popularity direction in column 0."""
+    counts = np.bincount(split.train.items, minlength=split.train.num_items).astype(float)
+    return {
+        ITEM_EMBEDDING: popularity_table(counts, trained, dim).astype(np.float32),
+        ITEM_BIAS: np.zeros((split.train.num_items, 1)),
+    }
+
+
+def _deflated_apart(items: np.ndarray, ids: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """One user's ``w y yᵀ`` over ``ids``, written from the definition: x their indicator over
+    the trained items at norm 1, y = x − (x·d) d, w = 1 / max(‖y‖, ρ)²."""
+    x = np.isin(ids, items).astype(np.float64)
+    if not x.any():
+        return np.zeros((len(ids), len(ids)))
+    x /= np.linalg.norm(x)
+    y = x - (x @ direction) * direction
+    return np.outer(y, y) / max(np.linalg.norm(y), MIN_RESIDUAL) ** 2
+
+
 def test_each_users_real_releases_have_the_unit_norm_the_noise_assumes(ml100k_shaped_split):
     split, members = ml100k_shaped_split, split_members(ml100k_shaped_split, 60)
     trained = _trained(split)
     catalogue = split.train.num_items
+    table = _start_table(split, 8, trained)
+    _, direction = direction_of(table[ITEM_EMBEDDING])
+    ids = np.flatnonzero(trained)
+    assert np.linalg.norm(direction) == pytest.approx(1.0) and (direction[ids] > 0).all()
+    full = 0
     for release in ("popularity", "covariance"):
         spec = AlsSpec(reg=1.0, unobserved_weight=0.1, release=release)
-        result = als_round(
-            _table(split, 8, trained), members, spec=spec, explicit=False, keep_updates=True
-        )
+        result = als_round(table, members, spec=spec, explicit=False, keep_updates=True)
         for member in members:
             arrays = result.updates[member.key]
             own = np.unique(member.data.train_items)
@@ -80,36 +112,85 @@ def test_each_users_real_releases_have_the_unit_norm_the_noise_assumes(ml100k_sh
                 np.testing.assert_array_equal(arrays[ITEMS], own)  # the whole log, not B items
                 assert np.linalg.norm(arrays[COUNTS]) == pytest.approx(1.0, rel=1e-6)
             else:
-                assert set(arrays) == {ITEMS, COVARIANCE}
+                assert set(arrays) == {ITEMS, COVARIANCE, CROSS, WEIGHT}
                 np.testing.assert_array_equal(arrays[ITEMS], own[trained[own]])
-                cov = arrays[COVARIANCE].astype(np.float64)
-                assert np.linalg.norm(cov) == pytest.approx(1.0, rel=1e-6)  # Frobenius
-                assert np.trace(cov) == pytest.approx(1.0, rel=1e-6)
+                rebuilt = deflated_sum([arrays], ids, direction[ids])
+                np.testing.assert_allclose(
+                    rebuilt, _deflated_apart(own, ids, direction[ids]), atol=1e-5
+                )
+                # the sensitivity the noise is calibrated to: Frobenius norm (= trace) ≤ 1,
+                # exactly 1 unless the user's items lie almost along d
+                values = np.linalg.eigvalsh(rebuilt)
+                assert values.min() > -1e-5 and values.sum() <= 1 + 1e-5
+                assert np.linalg.norm(rebuilt) <= 1 + 1e-5
+                full += np.linalg.norm(rebuilt) > 1 - 1e-4  # the whole unit norm spent
+                assert abs(rebuilt @ direction[ids]).max() < 1e-4  # nothing left along d
             assert (
                 start_release_rejection(
-                    arrays, release=release, num_items=catalogue, users=1, trained=trained
+                    arrays,
+                    release=release,
+                    num_items=catalogue,
+                    users=1,
+                    trained=trained,
+                    direction=direction,
                 )
                 is None
             )
         # a node's block sums its users' releases, over the union of their items
         total = result.update_sum
-        dense = np.zeros(catalogue)
-        for member in members:
-            arrays = result.updates[member.key]
-            if release == "popularity":
-                dense[arrays[ITEMS]] += arrays[COUNTS]
-            else:
-                dense[arrays[ITEMS]] += np.diag(arrays[COVARIANCE])
-        summed = total[COUNTS] if release == "popularity" else np.diag(total[COVARIANCE])
-        np.testing.assert_allclose(summed, dense[total[ITEMS]], rtol=1e-5)
+        if release == "popularity":
+            dense = np.zeros(catalogue)
+            for member in members:
+                dense[result.updates[member.key][ITEMS]] += result.updates[member.key][COUNTS]
+            np.testing.assert_allclose(total[COUNTS], dense[total[ITEMS]], rtol=1e-5)
+        else:
+            apart = sum(deflated_sum([result.updates[m.key]], ids, direction[ids]) for m in members)
+            np.testing.assert_allclose(deflated_sum([total], ids, direction[ids]), apart, atol=1e-4)
         assert len(total[ITEMS]) > 10
+    assert full >= 0.8 * len(members)
+
+
+def test_a_user_along_the_popularity_direction_sends_no_more_than_norm_one():
+    """The edge cases of the deflation's scale 1/max(‖y‖, ρ)²: a user whose items are exactly
+    d's support with d uniform (y = 0, nothing sent), one whose residual is inside ρ (scaled by
+    1/ρ² only: norm ‖y‖²/ρ² < 1) and one outside it (norm 1)."""
+    catalogue, dim = 12, 3
+    trained = np.zeros(catalogue, dtype=bool)
+    trained[:6] = True
+    uniform = popularity_table(np.ones(catalogue), trained, dim)
+    ids = np.arange(6)
+    skewed = popularity_table(np.array([10.0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]), trained, dim)
+    d = np.array([10.0, 1, 1, 1, 1, 1]) / math.sqrt(105)
+    inside = 1 - d[0] ** 2  # item 0 alone: ‖y‖² = 1 − d₀² ≈ 0.05 < ρ²
+    for table, items, norm in (
+        (uniform, np.arange(6), 0.0),
+        (skewed, np.array([0]), inside / MIN_RESIDUAL**2),
+        (skewed, np.array([1, 5]), 1.0),
+    ):
+        arrays = covariance_of([items], table)
+        _, direction = direction_of(table)
+        rebuilt = deflated_sum([arrays], ids, direction[ids])
+        assert np.linalg.norm(rebuilt) == pytest.approx(norm, abs=1e-6)
+        np.testing.assert_allclose(rebuilt, _deflated_apart(items, ids, direction[ids]), atol=1e-6)
+        assert (
+            start_release_rejection(
+                arrays,
+                release="covariance",
+                num_items=catalogue,
+                users=1,
+                trained=trained,
+                direction=direction,
+            )
+            is None
+        )
 
 
 def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
     split = ml100k_shaped_split
     spec = AlsSpec(reg=1.0, unobserved_weight=0.1, release="covariance")
     trained = _trained(split)
-    table = _table(split, 8, trained)
+    table = _start_table(split, 8, trained)
+    _, direction = direction_of(table[ITEM_EMBEDDING])
     result = als_round(table, split_members(split, 6), spec=spec, explicit=False, keep_updates=True)
     good = result.updates[0]
     cov = good[COVARIANCE].astype(np.float64)
@@ -121,18 +202,26 @@ def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
     crafted = {
         "NaN": {**good, COVARIANCE: nan},
         "wrong shape": {**good, COVARIANCE: cov[:, :-1]},
+        "a cross of the wrong shape": {**good, CROSS: good[CROSS][:-1]},
         "not symmetric": {**good, COVARIANCE: skew},
         "not PSD": {**good, COVARIANCE: cov - 0.5 * np.eye(len(cov)) + 0.5 * np.diag(np.diag(cov))},
+        "a cross that breaks PSD": {**good, CROSS: good[CROSS] * 5},
+        "a negative weight": {**good, WEIGHT: -good[WEIGHT]},
         "over one user's norm": {**good, COVARIANCE: cov * 3},
         "an untrained item": {
+            **good,
             ITEMS: np.sort(np.concatenate([good[ITEMS][:-1], untrained])),
-            COVARIANCE: cov,
         },
         "popularity names in a covariance round": {ITEMS: good[ITEMS], COUNTS: np.ones(2)},
     }
     for name, arrays in crafted.items():
         reason = start_release_rejection(
-            arrays, release="covariance", num_items=len(trained), users=1, trained=trained
+            arrays,
+            release="covariance",
+            num_items=len(trained),
+            users=1,
+            trained=trained,
+            direction=direction,
         )
         assert reason is not None, name
     popularity = {ITEMS: np.array([1, 5]), COUNTS: np.array([0.9, 0.9])}  # norm 1.27 > 1
@@ -234,11 +323,15 @@ def test_a_flower_simulation_releases_the_covariances_eigenvectors(tmp_path):
     names = {
         path.name.split("_")[0]: set(np.load(path).files) for path in sorted(audit.glob("*.npz"))
     }
-    assert names == {"r1": {ITEMS, COUNTS}, "r2": {ITEMS, COVARIANCE}}  # never a user factor
+    assert names == {
+        "r1": {ITEMS, COUNTS},
+        "r2": {ITEMS, COVARIANCE, CROSS, WEIGHT},
+    }  # never a user factor
     with np.load(tmp_path / "run" / "item_table.npz") as saved:
         flower = saved[ITEM_EMBEDDING]
 
-    # computed apart from the federation: the users' Σ x̂x̂ᵀ over the most popular items
+    # computed apart from the federation: the users' deflated Σ w y yᵀ over the most popular
+    # items, d their popularity direction
     split = load_split(cfg.dataset)
     users = choose_users(split.train.num_users, 12, seed=0)
     logs = per_user_items(split.train, split.train.num_users)
@@ -247,38 +340,44 @@ def test_a_flower_simulation_releases_the_covariances_eigenvectors(tmp_path):
         popularity[np.unique(logs[user])] += 1 / math.sqrt(len(np.unique(logs[user])))
     keep = math.ceil(0.1 * split.train.num_items)
     ids = np.sort(np.argsort(-popularity, kind="stable")[:keep])
-    cov = np.zeros((keep, keep))
-    for user in users:
-        at = np.searchsorted(ids, np.intersect1d(logs[user], ids))
-        if len(at):
-            cov[np.ix_(at, at)] += 1 / len(at)
+    direction = popularity[ids] / np.linalg.norm(popularity[ids])
+    cov = sum(_deflated_apart(logs[user], ids, direction) for user in users)
     expected = np.zeros_like(flower, dtype=np.float64)
-    expected[ids] = items_from_covariance(cov, 4)
+    expected[ids] = items_from_covariance(cov, 4, direction=direction)
     np.testing.assert_allclose(flower, expected, atol=1e-4)
 
     _, in_process = run_als_in_process(split, cfg.algorithm, embedding_dim=4, rounds=2, users=users)
     np.testing.assert_allclose(in_process[ITEM_EMBEDDING], expected, atol=1e-4)
 
 
-def test_components_below_the_noise_edge_are_dropped():
+def test_components_below_the_noise_edge_are_dropped_and_the_rest_shrunk():
     rng = np.random.default_rng(3)
     size, std = 200, 1.0
-    basis = np.linalg.qr(rng.normal(size=(size, 3)))[0]
-    signal = basis @ np.diag([400.0, 120.0, 5.0]) @ basis.T  # the third is below the edge (20)
+    basis = np.linalg.qr(rng.normal(size=(size, 4)))[0]
+    direction = basis[:, 0]  # the popularity direction, released before
+    # what the devices send has nothing along d; the fourth is below the edge (20)
+    signal = basis[:, 1:] @ np.diag([400.0, 25.0, 5.0]) @ basis[:, 1:].T
     noisy = symmetric_noise(signal, std, rng)
     edge = spectral_edge(std, size)
-    table = items_from_covariance(noisy, 6, noise_edge=edge)
+    table = items_from_covariance(noisy, 6, edge, direction)
     kept = np.flatnonzero(np.abs(table).sum(axis=0) > 0)
-    np.testing.assert_array_equal(kept, [0, 1])  # the two real components, nothing else
-    # each kept column is its component's eigenvector (up to the sign fixed by the largest entry)
-    for column in (0, 1):
-        cosine = abs(table[:, column] @ basis[:, column]) / np.linalg.norm(table[:, column])
-        assert cosine > 0.95
-    # noise alone: only the top direction is kept
-    alone = items_from_covariance(symmetric_noise(np.zeros((size, size)), std, rng), 6, edge)
+    np.testing.assert_array_equal(kept, [0, 1, 2])  # d and the two real components, no noise
+    scale = math.sqrt(size / 6)
+    np.testing.assert_allclose(table[:, 0], direction * scale)
+    for column, true in ((1, basis[:, 1]), (2, basis[:, 2])):
+        length = np.linalg.norm(table[:, column]) / scale  # the shrinkage c
+        cosine = abs(table[:, column] @ true) / np.linalg.norm(table[:, column])
+        # c estimates the noisy eigenvector's alignment with the true one (spiked Wigner model)
+        assert length == pytest.approx(cosine, abs=0.05)
+        assert abs(table[:, column] @ direction) < 1e-9  # projected off d
+    assert np.linalg.norm(table[:, 1]) / scale > 0.99 and np.linalg.norm(table[:, 2]) / scale < 0.95
+    # noise alone: only d
+    alone = items_from_covariance(
+        symmetric_noise(np.zeros((size, size)), std, rng), 6, edge, direction
+    )
     assert np.count_nonzero(np.abs(alone).sum(axis=0)) == 1
-    # no noise: every requested column, scaled to an RMS row norm of 1
-    exact = items_from_covariance(signal + np.diag(np.full(size, 1.0)), 4)
+    # no noise: every component with a positive eigenvalue, whole, at an RMS row norm of 1
+    exact = items_from_covariance(signal + np.diag(np.full(size, 1.0)), 4, direction=direction)
     assert np.sqrt(np.mean(np.sum(exact**2, axis=1))) == pytest.approx(1.0)
 
 
@@ -351,4 +450,10 @@ def test_the_popularity_round_marks_the_items_the_covariance_covers(ml100k_shape
     for arrays in result.updates.values():
         popularity[arrays[ITEMS]] += arrays[COUNTS]
     assert popularity[marked].min() >= popularity[~marked].max()  # the most popular, exactly
+    # column 0 carries their popularity direction (unit norm), the other columns nothing
+    embedding = table[ITEM_EMBEDDING]
+    np.testing.assert_allclose(
+        embedding[marked, 0], popularity[marked] / np.linalg.norm(popularity[marked]), rtol=1e-5
+    )
+    assert not embedding[:, 1:].any()
     assert rule.round_config(2, {})["als.release"] == "covariance"

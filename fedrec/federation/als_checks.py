@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedrec.training.als.covariance import COVARIANCE, RELEASE_NAMES
+from fedrec.training.als.covariance import (
+    COVARIANCE,
+    CROSS,
+    MIN_RESIDUAL,
+    RELEASE_NAMES,
+    WEIGHT,
+)
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS, statistic_names
 
 if TYPE_CHECKING:
@@ -34,41 +40,69 @@ def _valid_item_ids(items: np.ndarray, num_items: int) -> bool:
 
 
 def start_release_rejection(
-    arrays: Arrays, *, release: str, num_items: int, users: int, trained: np.ndarray | None
+    arrays: Arrays,
+    *,
+    release: str,
+    num_items: int,
+    users: int,
+    trained: np.ndarray | None,
+    direction: np.ndarray | None = None,
 ) -> str | None:
     """Why a reply's covariance-start release (summed over ``users`` users) must be refused, or
-    None. Each honest user adds a popularity vector of L2 norm 1 with entries in (0, 1], or a
-    PSD covariance block of Frobenius norm and trace 1 with entries in (0, 1] over items that
-    ``trained`` marks; a sum of ``users`` stays within ``users`` times that."""
+    None. Each honest user adds a popularity vector of L2 norm 1 with entries in (0, 1], or the
+    sparse parts of ``w y yᵀ`` (:mod:`fedrec.training.als.covariance`) over items that
+    ``trained`` marks, whose rebuilt sum along ``direction`` (the table's ``d``, over the
+    catalogue) is PSD with trace at most 1; a sum of ``users`` stays within ``users`` times
+    that."""
     expected = RELEASE_NAMES[release]
     if set(arrays) != set(expected):
         return f"array names {sorted(arrays)}; expected {sorted(expected)} (a {release} release)"
     items = np.asarray(arrays[ITEMS])
     k = len(items) if items.ndim == 1 else -1
-    values = np.asarray(arrays[expected[1]], dtype=np.float64)
-    shape = (k,) if release == "popularity" else (k, k)
-    if values.shape != shape:
-        return f"'{expected[1]}' has shape {values.shape}; expected {shape}"
-    if not np.isfinite(values).all():
-        return f"'{expected[1]}' holds NaN or infinite values"
+    shapes = {COUNTS: (k,), COVARIANCE: (k, k), CROSS: (k,), WEIGHT: (1,)}
+    for name in expected[1:]:
+        values = np.asarray(arrays[name], dtype=np.float64)
+        if values.shape != shapes[name]:
+            return f"'{name}' has shape {values.shape}; expected {shapes[name]}"
+        if not np.isfinite(values).all():
+            return f"'{name}' holds NaN or infinite values"
     if not _valid_item_ids(items, num_items):
         return f"'{ITEMS}' must be sorted unique item ids in [0, {num_items})"
-    covered = trained is None or release != "covariance" or not k
-    if not covered and not trained[items.astype(np.int64)].all():  # type: ignore[index]
-        return f"'{ITEMS}' lists items the table does not train"
     slack = 1 + 1e-4
-    if np.any(values < 0) or np.any(values > users * slack):
-        return f"'{expected[1]}' must lie in [0, {users}] (users summed)"
-    norm = float(np.linalg.norm(values))
-    if norm > users * slack:
-        return f"‖{expected[1]}‖ {norm:.4g} exceeds what {users} unit-norm users can send"
-    if release == "covariance" and k:
-        if np.abs(values - values.T).max() > _TOLERANCE * (1 + values.max()):
-            return f"'{COVARIANCE}' is not symmetric"
-        if float(np.trace(values)) > users * slack:
-            return f"the trace of '{COVARIANCE}' exceeds {users} (users summed)"
-        if np.linalg.eigvalsh(values).min() < -_TOLERANCE * (1 + values.max()):
-            return f"'{COVARIANCE}' is not positive semi-definite"
+    if release == "popularity":
+        counts = np.asarray(arrays[COUNTS], dtype=np.float64)
+        if np.any(counts < 0) or np.any(counts > users * slack):
+            return f"'{COUNTS}' must lie in [0, {users}] (users summed)"
+        norm = float(np.linalg.norm(counts))
+        if norm > users * slack:
+            return f"‖{COUNTS}‖ {norm:.4g} exceeds what {users} unit-norm users can send"
+        return None
+    if trained is not None and k and not trained[items.astype(np.int64)].all():
+        return f"'{ITEMS}' lists items the table does not train"
+    return _covariance_rejection(arrays, items.astype(np.int64), users, direction)
+
+
+def _covariance_rejection(
+    arrays: Arrays, items: np.ndarray, users: int, direction: np.ndarray | None
+) -> str | None:
+    """The bounds of a covariance release's parts and of the sum they rebuild."""
+    cov = np.asarray(arrays[COVARIANCE], dtype=np.float64)
+    cross = np.asarray(arrays[CROSS], dtype=np.float64)
+    weight = float(np.asarray(arrays[WEIGHT], dtype=np.float64)[0])
+    most = users / MIN_RESIDUAL**2 * (1 + 1e-4)  # one user's w is at most 1/ρ²
+    if np.any(cov < 0) or np.any(cov > most) or not 0 <= weight <= most:
+        return f"'{COVARIANCE}' and '{WEIGHT}' must lie in [0, {most:.4g}] ({users} users)"
+    if len(items) and np.abs(cov - cov.T).max() > _TOLERANCE * (1 + cov.max()):
+        return f"'{COVARIANCE}' is not symmetric"
+    along = np.zeros(len(items)) if direction is None else direction[items]
+    # Σ w y yᵀ = F M Fᵀ with F = [the items' unit vectors, d]: M PSD makes the sum PSD
+    parts = np.block([[cov, -cross[:, None]], [-cross[None, :], np.array([[weight]])]])
+    scale = 1 + float(np.abs(parts).max())
+    if np.linalg.eigvalsh(parts).min() < -_TOLERANCE * scale:
+        return f"the covariance rebuilt from '{COVARIANCE}', '{CROSS}' and '{WEIGHT}' is not PSD"
+    trace = float(np.trace(cov) - 2 * cross @ along + weight)
+    if trace > users * (1 + 1e-4):
+        return f"the rebuilt covariance's trace {trace:.4g} exceeds {users} (users summed)"
     return None
 
 

@@ -21,9 +21,9 @@ table deltas. The rule keeps the classification of :class:`~fedrec.federation.ru
 
 With ``covariance_start`` the first two rounds differ (:mod:`fedrec.training.als.covariance`):
 round 1 sums (and noises) the users' unit-norm popularity, which chooses the frequent items; the
-table gets one unit row there and zeroes the rest, so the devices know which items the next
-release covers. Round 2 sums (and noises) the item-item covariance over them, and the first item
-table is its top eigenvectors. Later rounds are ALS rounds.
+table carries their popularity direction d in column 0 (zero elsewhere): the items the next
+release covers and what the devices deflate by. Round 2 rebuilds the deflated item covariance
+from its sparse parts and noises it; d and its top eigenvectors are the first item table.
 
 A round without accepted statistics is skipped (non-private), or, under DP, released from the
 noise alone (whether a release happens must not depend on who took part).
@@ -46,13 +46,13 @@ from fedrec.model.spec import ITEM_BIAS, ITEM_EMBEDDING
 from fedrec.privacy.als import AlsPrivacyPlan, PrivacyStep, add_noise, topup_fraction
 from fedrec.protocol.replies import NodeReply
 from fedrec.protocol.settings import AlsSpec
-from fedrec.training.als.covariance import COVARIANCE
-from fedrec.training.als.solve import (
+from fedrec.training.als.covariance import (
+    deflated_sum,
+    direction_of,
     items_from_covariance,
-    project_psd,
-    solve_items,
-    symmetrize,
+    popularity_table,
 )
+from fedrec.training.als.solve import project_psd, solve_items, symmetrize
 from fedrec.training.als.statistics import COUNTS, GRAM, ITEMS, LHS, RHS
 from fedrec.training.table_check import TableLimits
 
@@ -122,6 +122,7 @@ class AlsRule(ServerRule):
         self.plan = plan
         self.step = _Popularity()  # type: ignore[assignment]
         self.server_view: list[PrivacyStep] = []  # distributed DP: the releases as the server saw
+        self._direction: np.ndarray | None = None  # the covariance round's d, from its table
         if plan.privacy is not None:
             self.min_replies = 0
 
@@ -161,6 +162,7 @@ class AlsRule(ServerRule):
                 num_items=num_items,
                 users=len(reply.trained),
                 trained=None if counts is None else self._frequent(counts),
+                direction=self._direction,
             )
         return statistics_rejection(
             reply.arrays,
@@ -179,6 +181,9 @@ class AlsRule(ServerRule):
         replies: Sequence[NodeReply],
         record: RoundRecord,
     ) -> Arrays | None:
+        release = self._release_now()
+        if release == "covariance":  # the d the devices deflated by: the table they received
+            self._direction = direction_of(current[ITEM_EMBEDDING])[1]
         accepted = self._validate_and_classify(server_round, current, replies, record)
         private = self.plan.privacy
         if private is None and (not accepted or record.accepted < max(self.min_replies, 1)):
@@ -191,7 +196,6 @@ class AlsRule(ServerRule):
             )
             return None
         num_items, dim = current[ITEM_EMBEDDING].shape
-        release = self._release_now()
         if release != "factors":
             return self._start_release(release, current, accepted, record)
         lhs, rhs, counts, gram = _dense_sums(
@@ -292,24 +296,21 @@ class AlsRule(ServerRule):
                 popularity = add_noise(popularity, private.stds["counts"], self.rng)
             self.step.counts = popularity  # type: ignore[attr-defined]
             trained = self._frequent(popularity)
-            # a non-zero row (the same unit row, whatever the initial table) marks each item
-            # the covariance will cover: the devices read that from the table
-            table = np.zeros((num_items, dim))
-            table[trained] = 1 / math.sqrt(dim)
+            # a non-zero row (whatever the initial table) marks each item the covariance will
+            # cover, and column 0 carries the popularity direction the devices deflate by
+            table = popularity_table(popularity, trained, dim)
         else:
             popularity = self.step.counts  # type: ignore[attr-defined]
             trained = self._frequent(popularity)
             ids = np.flatnonzero(trained)
-            cov = np.zeros((len(ids), len(ids)))
-            for reply in accepted:
-                at = np.searchsorted(ids, np.asarray(reply.arrays[ITEMS], np.int64))  # type: ignore[index]
-                cov[np.ix_(at, at)] += reply.arrays[COVARIANCE]  # type: ignore[index]
+            direction = self._direction[ids]  # type: ignore[index]
+            cov = deflated_sum([reply.arrays for reply in accepted], ids, direction)  # type: ignore[misc]
             edge = 0.0
             if private is not None:
                 cov = symmetric_noise(cov, private.stds["covariance"], self.rng)
                 edge = spectral_edge(private.stds["covariance"], len(ids))
             table = np.zeros((num_items, dim))
-            table[ids] = items_from_covariance(cov, dim, noise_edge=edge)
+            table[ids] = items_from_covariance(cov, dim, edge, direction)
             self.step.covariance_done = True  # type: ignore[attr-defined]
         if private is not None:
             self.releases += 1

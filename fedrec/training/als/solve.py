@@ -131,30 +131,3 @@ def project_psd(matrices: np.ndarray) -> np.ndarray:
     symmetrise, then clip negative eigenvalues to 0. Post-processing of a noisy release."""
     values, vectors = np.linalg.eigh(symmetrize(matrices))
     return (vectors * np.maximum(values, 0)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
-
-
-def items_from_covariance(cov: np.ndarray, dim: int, noise_edge: float = 0.0) -> np.ndarray:
-    """The item factors [m, dim] of a (noisy) item-item covariance [m, m]: its top-``dim``
-    eigenvectors (columns past m stay zero), each signed so its largest entry is positive
-    (reproducible across engines whose sums differ in rounding), scaled by √(m / dim) so a row's
-    RMS norm is 1, the size of an ALS item factor whose scores target 1.
-
-    ``noise_edge``: where the noise's own spectrum ends (``√2·z·√m`` for the symmetrised
-    Gaussian noise the server adds: ``fedrec.federation.als_rule.spectral_edge``). An
-    eigenvalue below it is one the noise alone could produce, so its column is zeroed rather
-    than fed to the devices' solve as signal; the top one is kept (it is the popularity
-    direction). On ML-100K's validation split at ε = 1 this scored 0.0435 against 0.0410
-    keeping every column (with the earlier, upper-triangle noise), and makes the result nearly
-    independent of ``dim``."""
-    values, vectors = np.linalg.eigh(symmetrize(np.asarray(cov, dtype=np.float64)))
-    size = vectors.shape[0]
-    kept = min(dim, size)
-    order = np.argsort(-values, kind="stable")[:kept]
-    top = vectors[:, order]
-    signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(kept)])
-    signal = values[order] > noise_edge
-    signal[:1] = True
-    table = np.zeros((size, dim))
-    scale = np.where(signs == 0, 1.0, signs) * signal * np.sqrt(size / max(kept, 1))
-    table[:, :kept] = top * scale
-    return table

@@ -93,7 +93,7 @@ def als_round(
         outcomes.append(MemberOutcome(member.key, "trained", state, loss, 1, 0.0))
         if keep_updates:
             updates[member.key] = (
-                release([member.data.train_items], trained_rows)
+                release([member.data.train_items], table)
                 if release
                 else statistics_of(
                     released[row : row + 1], chosen[row : row + 1], item_grams=spec.item_grams
@@ -102,7 +102,7 @@ def als_round(
     order = {m.key: i for i, m in enumerate(members)}
     outcomes.sort(key=lambda o: order[o.key])
     if release:
-        total = release([m.data.train_items for m in trainable], trained_rows)
+        total = release([m.data.train_items for m in trainable], table)
     else:
         total = statistics_of(released, chosen, item_grams=spec.item_grams).to_arrays()
     return CohortRound(total, float(len(trainable)), outcomes, updates)
@@ -110,7 +110,7 @@ def als_round(
 
 # A covariance_start run's first two rounds send these instead of the factor statistics.
 _START_RELEASES = {
-    "popularity": lambda item_lists, trained: popularity_of(item_lists),
+    "popularity": lambda item_lists, table: popularity_of(item_lists),
     "covariance": covariance_of,
 }
 
