@@ -21,7 +21,7 @@ from als_helpers import (
     trained_reply,
     training_rows,
 )
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedrec.config import compose
 from fedrec.config.algorithm import AlgorithmSpec
@@ -273,6 +273,41 @@ def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
     assert 3.5 < records[-1].user_level_epsilon <= 4.0 * (1 + 1e-6) + 0.01  # z solved for ε
 
 
+def test_dp_als_honours_the_configured_accountant(ml100k_shaped_split):
+    """privacy.accountant=prv: z is solved and ε reported by Opacus' PRV accountant, which
+    follows the composed Gaussian's privacy curve, so the same ε needs less noise than RDP's."""
+    algorithm = AlgorithmSpec(
+        name="als",
+        clip_norm=1.0,
+        max_items=20,
+        frequent_fraction=0.1,
+        item_grams=False,
+        covariance_start=True,
+    )
+    privacy = PrivacySpec(mode="user", user_target_epsilon=1.0, delta=1e-5, accountant="prv")
+    records, private = run_in_process(ml100k_shaped_split, algorithm, privacy, 2, np.arange(80))
+    z = private.noise_multiplier
+    fresh = PRVAccountant()
+    for record in records:  # round 1 the popularity, round 2 the covariance: both at z
+        fresh.step(noise_multiplier=z, sample_rate=1.0)
+        assert record.user_level_epsilon == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-6)
+    assert 0.95 < records[-1].user_level_epsilon <= 1.0 * (1 + 1e-6) + 0.01
+    rdp = plan_dp_als(
+        clip_norm=1.0,
+        max_items=20,
+        delta=1e-5,
+        rounds=2,
+        target_epsilon=1.0,
+        item_grams=False,
+        covariance_start=True,
+    )
+    # the analytic Gaussian mechanism's σ for ε = 1, δ = 1e-5 is 3.73: z = 3.73·√2 = 5.28 for
+    # two releases; RDP's conversion needs 5.75
+    assert z < 0.95 * rdp.noise_multiplier and z == pytest.approx(5.28, rel=0.03)
+    with pytest.raises(ValueError, match="accountant"):
+        AlsPrivacyPlan(1.0, 20, 1.0, 1e-5, accountant="moments")
+
+
 def test_the_start_releases_have_the_stated_noise():
     private = plan_dp_als(
         clip_norm=1.0,
@@ -413,6 +448,7 @@ def test_a_dp_covariance_start_simulation_reports_its_guarantee(tmp_path):
     assert final["user_level_epsilon"] == pytest.approx(reported["epsilon"])
     assert 3.5 < reported["epsilon"] <= 4.01
     assert "covariance" in reported["mechanism"] and reported["noise_std"]["covariance"] > 0
+    assert reported["accountant"] == "rdp"  # privacy.accountant's default
     assert "every item of a user's log" in summary["privacy"]["guarantee"]
 
 

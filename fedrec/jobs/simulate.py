@@ -156,6 +156,7 @@ def als_server_plan(
             count_noise_scale=algorithm.count_noise_scale,
             noise_shares=shares,
             covariance_start=algorithm.covariance_start,
+            accountant=privacy.accountant,
         )
         if dp.distributed:
             spec = dataclasses.replace(

@@ -12,13 +12,13 @@ from fedrec.privacy import PRIVACY_MODES
 from fedrec.run_dir import RunRecorder
 
 DP_ALS_GUARANTEE = (
-    "user-level (DP-ALS): (ε, δ) from the server's RDP accountant over every release (the "
+    "user-level (DP-ALS): (ε, δ) from the server's accountant over every release (the "
     "summed statistics each round, the item counts once; every user counted in every round) "
     "bounds what the released item tables reveal about any one user's whole log, to whoever "
     "sees the model; not against a server that sees single replies (fedrec.privacy.als)"
 )
 COVARIANCE_START_GUARANTEE = (
-    "user-level (DP-ALS with a covariance start): (ε, δ) from the server's RDP accountant over "
+    "user-level (DP-ALS with a covariance start): (ε, δ) from the server's accountant over "
     "every release (round 1 the users' unit-norm popularity, round 2 their item covariance, then "
     "the summed statistics each round; every user counted in every round) bounds what the "
     "released item tables reveal about any one user's whole log, to whoever sees the model; not "
@@ -115,7 +115,7 @@ def simulate_summary(
             "noise_std": dp.stds,
             "sample_rate": 1.0,
             "rounds": cfg.federation.rounds,
-            "accountant": "rdp",
+            "accountant": dp.accountant,
             "budget": privacy.user_target_epsilon,
         }
         if dp.covariance_start:

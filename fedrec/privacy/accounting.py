@@ -86,7 +86,8 @@ def _cached_epsilon(history: tuple[PrivacyStep, ...], delta: float, accountant: 
     """ε is a pure function of (history, δ, accountant). Users with the same log size share a
     history, so one computation (~0.1 s with RDP) serves all of them in a worker process."""
     try:
-        epsilon = float(new_accountant(accountant, history).get_epsilon(delta=delta))
+        with np.errstate(divide="ignore", invalid="ignore"):  # PRV at q = 1: see below
+            epsilon = float(new_accountant(accountant, history).get_epsilon(delta=delta))
     except Exception as err:  # accountants raise assorted numeric errors
         raise PrivacyAccountingError(f"could not compute epsilon ({accountant}): {err}") from err
     if math.isnan(epsilon):
@@ -110,15 +111,17 @@ def solve_noise_multiplier(
             f"cannot solve σ for ε={target_epsilon}, steps={steps}, sample_rate={sample_rate}"
         )
     try:
-        return float(
-            get_noise_multiplier(
+        # PRV's privacy-loss distribution takes log(1 − q), −inf at q = 1, on a branch that
+        # np.where then discards: numpy's warning says nothing about the result
+        with np.errstate(divide="ignore", invalid="ignore"):
+            noise = get_noise_multiplier(
                 target_epsilon=target_epsilon,
                 target_delta=delta,
                 sample_rate=sample_rate,
                 steps=steps,
                 accountant=accountant,
             )
-        )
+        return float(noise)
     except Exception as err:  # opacus raises ValueError when no σ reaches the target
         raise PrivacyAccountingError(
             f"no noise multiplier reaches ε={target_epsilon}: {err}"

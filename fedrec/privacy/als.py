@@ -32,8 +32,11 @@ the first item table; rounds after those are the factor releases above.
 
 Noise is i.i.d. on every entry (the d×d matrices are then symmetrised and projected to PSD:
 post-processing). Every user is counted in every round (sampling rate 1: no amplification is
-claimed, so the guarantee holds whoever was sampled or dropped out). RDP composes the releases
-exactly; ε is Opacus' RDP accountant's over that history, and a target ε solves z.
+claimed, so the guarantee holds whoever was sampled or dropped out). ε is the configured Opacus
+accountant's over that history (``privacy.accountant``): RDP by default (it composes the
+releases exactly but converts to (ε, δ) with slack: z = 5.75 at ε = 1 for a covariance start's
+two releases), or PRV, which follows the composed Gaussian's privacy curve numerically (z = 5.28
+at the same ε, the analytic Gaussian mechanism's value). A target ε solves z.
 
 **Distributed DP** (``noise_shares`` = t > 0, on SecAgg+ only): each device that trains adds its
 own share of that noise, std/√t on every entry, to its masked statistics, from its own entropy
@@ -56,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.privacy.spec import PrivacyAccountingError
+from fedrec.privacy.spec import ACCOUNTANTS, PrivacyAccountingError
 from fedrec.protocol.settings import AlsSpec
 from fedrec.training.als.statistics import COUNTS, GRAM, RHS
 
@@ -98,6 +101,7 @@ class AlsPrivacyPlan:
     count_noise_scale: float = 1.0  # the one count release's multiplier, relative to z
     noise_shares: int = 0  # t > 0: distributed DP, the devices add shares of std/√t (SecAgg+)
     covariance_start: bool = False  # rounds 1-2 release the popularity and the item covariance
+    accountant: str = "rdp"  # the Opacus accountant that turns the releases into ε
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0 or self.max_items < 1:
@@ -111,6 +115,10 @@ class AlsPrivacyPlan:
             )
         if not 0 < self.delta < 1:
             raise ValueError(f"delta={self.delta}; expected 0 < delta < 1")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(
+                f"privacy.accountant={self.accountant!r}; DP-ALS accepts {', '.join(ACCOUNTANTS)}"
+            )
         if self.noise_shares < 0 or (self.noise_shares and self.item_grams):
             raise ValueError(
                 f"noise_shares={self.noise_shares}: expected >= 0, and distributed DP needs "
@@ -183,10 +191,10 @@ class AlsPrivacyPlan:
         return self.history(rounds, int(self.count_release))
 
     def epsilon_of(self, steps: list[PrivacyStep]) -> float:
-        """ε at this plan's δ over ``steps`` (Opacus' RDP accountant, imported only here)."""
+        """ε at this plan's δ over ``steps`` (its Opacus accountant, imported only here)."""
         from fedrec.privacy.accounting import epsilon_spent
 
-        return epsilon_spent(steps, delta=self.delta)
+        return epsilon_spent(steps, delta=self.delta, accountant=self.accountant)
 
 
 def plan_dp_als(
@@ -203,9 +211,12 @@ def plan_dp_als(
     count_noise_scale: float = 1.0,
     noise_shares: int = 0,
     covariance_start: bool = False,
+    accountant: str = "rdp",
 ) -> AlsPrivacyPlan:
     """The plan of a run: ``noise_multiplier`` as given, or the smallest one that keeps the
-    whole run within ``target_epsilon`` (solved on the run's exact RDP composition)."""
+    whole run within ``target_epsilon`` under ``accountant``: the run's Gaussian mechanisms
+    compose as one of multiplier z/√(mechanisms_per_unit), so z is that one's solved σ scaled
+    back, then checked on the whole history."""
     if noise_multiplier is None and target_epsilon is None:
         raise ValueError("DP-ALS needs a noise multiplier or a target ε")
     plan = AlsPrivacyPlan(
@@ -219,11 +230,12 @@ def plan_dp_als(
         count_noise_scale,
         noise_shares,
         covariance_start,
+        accountant,
     )
     if target_epsilon is not None:
         from fedrec.privacy.accounting import solve_noise_multiplier
 
-        single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1)
+        single = solve_noise_multiplier(float(target_epsilon), delta, 1.0, 1, accountant)
         solved = single * math.sqrt(plan.mechanisms_per_unit(rounds))  # plan's z is 1 here
         plan = dataclasses.replace(plan, noise_multiplier=solved)
         spent = plan.epsilon_of(plan.run_history(rounds))
