@@ -35,8 +35,8 @@ post-processing). Every user is counted in every round (sampling rate 1: no ampl
 claimed, so the guarantee holds whoever was sampled or dropped out). ε is the configured Opacus
 accountant's over that history (``privacy.accountant``): RDP by default (it composes the
 releases exactly but converts to (ε, δ) with slack: z = 5.75 at ε = 1 for a covariance start's
-two releases), or PRV, which follows the composed Gaussian's privacy curve numerically (z = 5.28
-at the same ε, the analytic Gaussian mechanism's value). A target ε solves z.
+two releases), or PRV, which follows the composed Gaussian's privacy curve numerically (z = 5.36
+at the same ε, near the analytic Gaussian mechanism's 5.28). A target ε solves z.
 
 **Distributed DP** (``noise_shares`` = t > 0, on SecAgg+ only): each device that trains adds its
 own share of that noise, std/√t on every entry, to its masked statistics, from its own entropy
