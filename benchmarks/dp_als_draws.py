@@ -62,11 +62,10 @@ def main() -> None:
         parser.error("--draws must be at least 2 (a spread needs two draws)")
     settings = SOLVE_SETTINGS[: args.settings]
     if args.solve:
+        settings = tuple(tuple(one.split(",")) for one in args.solve)
         try:
-            settings = tuple(tuple(float(x) for x in one.split(",", 2)) for one in args.solve)
-        except ValueError:
-            parser.error("--solve takes NU,REG,ALPHA triples of numbers, e.g. 1,0.1,0.3")
-        if any(len(one) != 3 for one in settings):
+            settings = tuple((float(nu), float(reg), float(alpha)) for nu, reg, alpha in settings)
+        except ValueError:  # not three fields, or not numbers
             parser.error("--solve takes NU,REG,ALPHA triples of numbers, e.g. 1,0.1,0.3")
     split = load_split(compose("simulate", [f"dataset={args.dataset}"]).dataset)
     splits = {"validation": validation_split(split)}

@@ -247,18 +247,34 @@ def test_bad_releases_are_refused_and_counted(ml100k_shaped_split):
     assert restored.round_config(3, {})["als.release"] == "factors"
 
 
-def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
+def _start_plan(**settings) -> AlsPrivacyPlan:
+    """A covariance start's privacy plan over its two releases (clip 1, δ 1e-5, no item Grams)."""
+    return plan_dp_als(
+        **{"clip_norm": 1.0, "delta": 1e-5, "rounds": 2, "item_grams": False} | settings,
+        covariance_start=True,
+    )
+
+
+def _covariance_start_in_process(split, privacy: PrivacySpec, rounds: int, **settings):
+    """A covariance start (10 % frequent items, B 20) in process on the first 80 users: the
+    server's round records and its privacy plan."""
     algorithm = AlgorithmSpec(
         name="als",
         clip_norm=1.0,
         max_items=20,
         frequent_fraction=0.1,
         item_grams=False,
-        count_noise_scale=0.7,
         covariance_start=True,
+        **settings,
     )
+    return run_in_process(split, algorithm, privacy, rounds, np.arange(80))
+
+
+def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
     privacy = PrivacySpec(mode="user", user_target_epsilon=4.0, delta=1e-5)
-    records, private = run_in_process(ml100k_shaped_split, algorithm, privacy, 3, np.arange(80))
+    records, private = _covariance_start_in_process(
+        ml100k_shaped_split, privacy, 3, count_noise_scale=0.7
+    )
     z = private.noise_multiplier
     fresh = RDPAccountant()
     steps = [
@@ -276,31 +292,15 @@ def test_covariance_start_epsilon_is_a_fresh_accountants(ml100k_shaped_split):
 def test_dp_als_honours_the_configured_accountant(ml100k_shaped_split):
     """privacy.accountant=prv: z is solved and ε reported by Opacus' PRV accountant, which
     follows the composed Gaussian's privacy curve, so the same ε needs less noise than RDP's."""
-    algorithm = AlgorithmSpec(
-        name="als",
-        clip_norm=1.0,
-        max_items=20,
-        frequent_fraction=0.1,
-        item_grams=False,
-        covariance_start=True,
-    )
     privacy = PrivacySpec(mode="user", user_target_epsilon=1.0, delta=1e-5, accountant="prv")
-    records, private = run_in_process(ml100k_shaped_split, algorithm, privacy, 2, np.arange(80))
+    records, private = _covariance_start_in_process(ml100k_shaped_split, privacy, 2)
     z = private.noise_multiplier
     fresh = PRVAccountant()
     for record in records:  # round 1 the popularity, round 2 the covariance: both at z
         fresh.step(noise_multiplier=z, sample_rate=1.0)
         assert record.user_level_epsilon == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-6)
     assert 0.95 < records[-1].user_level_epsilon <= 1.0 * (1 + 1e-6) + 0.01
-    rdp = plan_dp_als(
-        clip_norm=1.0,
-        max_items=20,
-        delta=1e-5,
-        rounds=2,
-        target_epsilon=1.0,
-        item_grams=False,
-        covariance_start=True,
-    )
+    rdp = _start_plan(max_items=20, target_epsilon=1.0)
     # the analytic Gaussian mechanism's σ for ε = 1, δ = 1e-5 is 3.73: z = 3.73·√2 = 5.28 for
     # two releases; RDP's conversion needs 5.75
     assert z < 0.95 * rdp.noise_multiplier and z == pytest.approx(5.28, rel=0.03)
@@ -309,16 +309,7 @@ def test_dp_als_honours_the_configured_accountant(ml100k_shaped_split):
 
 
 def test_the_start_releases_have_the_stated_noise():
-    private = plan_dp_als(
-        clip_norm=1.0,
-        max_items=30,
-        delta=1e-5,
-        rounds=2,
-        noise_multiplier=1.3,
-        count_noise_scale=0.5,
-        item_grams=False,
-        covariance_start=True,
-    )
+    private = _start_plan(max_items=30, noise_multiplier=1.3, count_noise_scale=0.5)
     # sensitivity 1 for the whole log: no √B on the counts
     assert private.stds["counts"] == pytest.approx(0.5 * 1.3)
     assert private.stds["covariance"] == pytest.approx(1.3)
@@ -433,15 +424,7 @@ def test_a_dp_covariance_start_simulation_reports_its_guarantee(tmp_path):
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
     rows = training_rows(tmp_path / "dp")
     assert [float(r["accepted"]) for r in rows] == [12.0, 12.0]  # both releases taken whole
-    plan = plan_dp_als(
-        clip_norm=1,
-        max_items=10,
-        delta=1e-5,
-        rounds=2,
-        target_epsilon=4,
-        item_grams=False,
-        covariance_start=True,
-    )
+    plan = _start_plan(max_items=10, target_epsilon=4)
     reported = summary["user_level"]
     assert reported["noise_multiplier"] == pytest.approx(plan.noise_multiplier)
     assert reported["epsilon"] == pytest.approx(plan.epsilon_of(plan.run_history(2)))
